@@ -1,0 +1,120 @@
+"""Command line: ``python -m adafilter_lib {train,table,demo} ...`` (also installed as ``adafilter``).
+
+Every user-caused problem ends as one line ``error: ...`` on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from .errors import KitError
+
+EXAMPLES = """examples:
+  python -m adafilter_lib train --dataset digits --method finetune --set data.n_per_class=20 optim.epochs=5
+  python -m adafilter_lib train --config adafilter_lib/configs/demo.yaml --method l2sp --seed 1
+  python -m adafilter_lib train --config adafilter_lib/configs/demo.yaml --resume      # continue a killed run
+  torchrun --nproc_per_node=2 -m adafilter_lib train --dataset mnist5k    # data-parallel (DDP)
+  python -m adafilter_lib table --runs runs --out results/my_study
+  python -m adafilter_lib demo
+"""
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one run (a method on a dataset with a backbone)",
+                       description="Train one run. Settings come from defaults, then --config, then the "
+                                   "shortcut flags, then --set overrides (dotted keys, e.g. optim.lr=0.01).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--dataset", help="dataset name or folder:PATH (see `list`)")
+    p.add_argument("--method", help="method name (see `list`)")
+    p.add_argument("--backbone", help="backbone name (see `list`)")
+    p.add_argument("--epochs", type=int, help="number of training epochs")
+    p.add_argument("--seed", type=int, help="run seed (the data split uses data.split_seed)")
+    p.add_argument("--runs", dest="runs_root", help="folder that holds run directories (default: runs)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.01")
+    p.add_argument("--resume", action="store_true", help="continue an unfinished run from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="discard an existing run of the same name and start over")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .trainer import fit
+
+    shortcuts = {"data.dataset": args.dataset, "method.name": args.method, "model.backbone": args.backbone,
+                 "optim.epochs": args.epochs, "seed": args.seed, "runs_root": args.runs_root}
+    overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(args.set)
+    cfg = load_config(args.config, overrides)
+    summary = fit(cfg, resume=args.resume, force=args.force, progress=not args.no_progress)
+    from . import distributed
+
+    if distributed.is_main():
+        print(f"{cfg.run_dir()}: top1_err {summary['top1_err']:.2f}% (test, best epoch {summary['best_epoch']} "
+              f"by val err {summary['val_top1_err']:.2f}%)")
+    distributed.shutdown()
+    return 0
+
+
+def _add_table(sub) -> None:
+    p = sub.add_parser("table", help="build the error table (CSV, Markdown, LaTeX) from finished runs")
+    p.add_argument("--runs", dest="runs_root", default="runs", help="folder searched for finished runs (default: runs)")
+    p.add_argument("--out", default="results/tables", help="folder the tables are written to (default: results/tables)")
+
+
+def _cmd_table(args) -> int:
+    from .results import build_tables, markdown_table
+
+    table = build_tables(args.runs_root, args.out)
+    print(markdown_table(table))
+    print(f"written: {args.out}/error_table.csv, .md, .tex")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: offline low-data comparison of the methods, printed as a table")
+    p.add_argument("--runs", dest="runs_root", default="runs/demo", help="run directories (default: runs/demo)")
+    p.add_argument("--out", default="results/demo", help="table folder (default: results/demo)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (default: 0)")
+    p.add_argument("--force", action="store_true", help="retrain runs that already finished")
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.runs_root, args.out, seeds=args.seeds, force=args.force)
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from .data import dataset_names
+    from .methods import method_names
+    from .model import backbone_names
+
+    print("datasets: " + ", ".join(dataset_names()) + ", folder:PATH")
+    print("methods:  " + ", ".join(method_names()))
+    print("backbones: " + ", ".join(backbone_names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m adafilter_lib", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_table(sub)
+    _add_demo(sub)
+    sub.add_parser("list", help="list the dataset, method and backbone names")
+    return parser
+
+
+COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "list": _cmd_list}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,132 @@
+"""The one training loop every method shares: ``train_one_epoch`` and ``evaluate`` (plain functions).
+
+:func:`adafilter_lib.trainer.fit` wraps them with run directories, checkpoints and resume.
+Losses and errors are accumulated on the device and read once per epoch (plus once every
+``log_every`` batches for the progress bar), so the loop does not stall a GPU with per-batch syncs.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import OptimConfig
+from .distributed import all_reduce_sum, is_main
+from .errors import KitError
+from .model import ModelOutput
+
+BatchHook = Callable[[ModelOutput, torch.Tensor, torch.Tensor], None]
+
+
+def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over the method's parameter groups."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
+    """A per-step schedule: cosine to zero over all steps, step decay every ``step_size`` epochs, or constant."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    elif cfg.schedule == "step":
+        factor = lambda step: cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+    else:
+        factor = lambda step: 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when ``amp`` is on; nothing on CPU (CPU autocast is slower for convs)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def train_one_epoch(model: nn.Module, method, loader: Iterable, optimizer, scheduler, device: torch.device,
+                    epoch: int, amp: bool = True, channels_last: bool = True, progress: bool = True,
+                    log_every: int = 10, on_batch: Optional[BatchHook] = None) -> dict:
+    """One pass over ``loader``; returns mean ``loss``, ``top1_err`` (%), ``lr`` and ``seconds``.
+
+    Raises:
+        KitError: when the loss becomes NaN or infinite (with the epoch and the fix).
+    """
+    method.train_mode(model)
+    start = time.perf_counter()
+    totals = torch.zeros(3, device=device)  # loss sum, wrong count, sample count
+    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not (progress and is_main()))
+    for step, (images, labels) in enumerate(bar):
+        images, labels = _to_device(images, labels, device, channels_last)
+        with autocast_for(device, amp):
+            output = model(images)
+            loss = F.cross_entropy(output.logits.float(), labels)
+            extra = method.extra_loss(_unwrap(model), output)
+            total_loss = loss if extra is None else loss + extra
+        optimizer.zero_grad(set_to_none=True)
+        total_loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            totals += torch.stack([loss.detach() * len(labels), (output.logits.argmax(1) != labels).sum(),
+                                   torch.tensor(len(labels), device=device)]).float()
+        if on_batch is not None:
+            on_batch(output, labels, loss.detach())
+        if (step + 1) % log_every == 0:
+            _check_finite(totals[0], epoch)  # one sync every log_every steps
+            bar.set_postfix(loss=f"{(totals[0] / totals[2]).item():.3f}")
+    totals = all_reduce_sum(totals)
+    _check_finite(totals[0], epoch)
+    count = max(totals[2].item(), 1.0)
+    return {"loss": totals[0].item() / count, "top1_err": 100.0 * totals[1].item() / count,
+            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = True,
+             channels_last: bool = True, progress: bool = False, desc: str = "eval",
+             on_batch: Optional[BatchHook] = None) -> dict:
+    """Mean cross-entropy ``loss`` and ``top1_err`` (%) over ``loader`` in eval mode (summed over processes).
+
+    ``on_batch(output, labels, per_sample_loss)`` sees every batch in loader order, which is how gate
+    collectors and per-image records are fed.
+    """
+    model.eval()
+    totals = torch.zeros(3, device=device)
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not (progress and is_main())):
+        images, labels = _to_device(images, labels, device, channels_last)
+        with autocast_for(device, amp):
+            output = model(images)
+        losses = F.cross_entropy(output.logits.float(), labels, reduction="none")  # (B,)
+        totals += torch.stack([losses.sum(), (output.logits.argmax(1) != labels).sum(),
+                               torch.tensor(len(labels), device=device)]).float()
+        if on_batch is not None:
+            on_batch(output, labels, losses)
+    totals = all_reduce_sum(totals)
+    count = max(totals[2].item(), 1.0)
+    return {"loss": totals[0].item() / count, "top1_err": 100.0 * totals[1].item() / count, "n": int(totals[2].item())}
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss_sum).item():
+        raise KitError(f"training loss became NaN/inf in epoch {epoch + 1}; lower optim.lr / optim.head_lr "
+                       "or check the data for invalid values")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (methods look at named submodules)."""
+    return model.module if hasattr(model, "module") else model

@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Every problem a user can cause (a wrong name, a missing folder, a corrupt image, a diverging loss,
+an invalid config value) is raised as a :class:`KitError` whose message is one line naming the
+problem and the fix. The CLI prints it as ``error: <message>`` and exits with status 2, without a
+traceback; library users can catch it like any exception.
+"""
+from __future__ import annotations
+
+from difflib import get_close_matches
+from typing import Iterable
+
+
+class KitError(Exception):
+    """A problem caused by the user's input; the message is one line and says how to fix it."""
+
+
+def unknown_name(kind: str, name: str, valid: Iterable[str]) -> KitError:
+    """Build the error for an unknown registry name, listing the valid ones (closest first)."""
+    valid = sorted(valid)
+    close = get_close_matches(name, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return KitError(f"unknown {kind} '{name}'{hint}; valid {kind}s: {', '.join(valid)}")

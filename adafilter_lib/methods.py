@@ -1,0 +1,108 @@
+"""Transfer-learning methods: what differs between them, as one small object each.
+
+The training loop (:mod:`adafilter_lib.engine`) is the same for every method; a :class:`Method` only
+decides how the model is prepared (which parameters train), the optimizer's parameter groups, the
+train/eval mode of each part, and an optional extra loss term.
+
+- ``finetune``: every parameter trains; backbone at ``optim.lr``, head at ``optim.head_lr``.
+- ``linear_probe``: the backbone is frozen, BN statistics included; only the head trains.
+- ``l2sp``: fine-tuning plus ``alpha/2 * ||w - w0||^2`` towards the pretrained backbone weights and
+  ``beta/2 * ||w_head||^2`` (Li, Grandvalet, Davoine, ICML 2018).
+- ``scratch``: the same network from random initialization, every group at ``optim.head_lr``
+  (a random backbone needs the larger rate); the reference that shows what pretraining buys.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .errors import unknown_name
+from .model import ModelOutput, TransferModel
+
+
+class Method:
+    """Fine-tuning; the base every other method adjusts."""
+
+    name = "finetune"
+    uses_pretrained = True
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    def prepare(self, model: TransferModel) -> None:
+        """Set ``requires_grad`` (and any reference state) before the optimizer is built."""
+        model.requires_grad_(True)
+
+    def param_groups(self, model: TransferModel) -> list[dict]:
+        """Optimizer groups: backbone at ``optim.lr``, head at ``optim.head_lr`` (frozen params left out)."""
+        return _groups({"backbone": (model.features, self.cfg.optim.lr), "head": (model.head, self.cfg.optim.head_lr)})
+
+    def train_mode(self, model: TransferModel) -> None:
+        """Put the model into training mode (methods that freeze BN statistics override this)."""
+        model.train()
+
+    def extra_loss(self, model: TransferModel, output: ModelOutput) -> Optional[torch.Tensor]:
+        """A regularization term added to the cross-entropy, or None."""
+        return None
+
+
+class LinearProbe(Method):
+    name = "linear_probe"
+
+    def prepare(self, model: TransferModel) -> None:
+        model.requires_grad_(False)
+        model.head.requires_grad_(True)
+
+    def train_mode(self, model: TransferModel) -> None:
+        model.train()
+        model.features.eval()  # frozen features: BN keeps its ImageNet statistics too
+
+
+class L2SP(Method):
+    name = "l2sp"
+
+    def prepare(self, model: TransferModel) -> None:
+        super().prepare(model)
+        # The starting point w0, kept outside the module tree so it is never trained or checkpointed twice.
+        self.reference = {name: p.detach().clone() for name, p in model.features.named_parameters()}
+
+    def extra_loss(self, model: TransferModel, output: ModelOutput) -> torch.Tensor:
+        alpha, beta = self.cfg.method.l2sp.alpha, self.cfg.method.l2sp.beta
+        drift = sum(((p - self.reference[name].to(p.device)) ** 2).sum() for name, p in model.features.named_parameters())
+        head = sum((p ** 2).sum() for p in model.head.parameters())
+        return 0.5 * alpha * drift + 0.5 * beta * head
+
+
+class Scratch(Method):
+    name = "scratch"
+    uses_pretrained = False
+
+    def param_groups(self, model: TransferModel) -> list[dict]:
+        lr = self.cfg.optim.head_lr
+        return _groups({"backbone": (model.features, lr), "head": (model.head, lr)})
+
+
+def _groups(parts: dict[str, tuple[nn.Module, float]]) -> list[dict]:
+    groups = []
+    for name, (module, lr) in parts.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            groups.append({"name": name, "params": params, "lr": lr})
+    return groups
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Method, LinearProbe, L2SP, Scratch)}
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def build_method(cfg: RunConfig) -> Method:
+    """The method object named by ``cfg.method.name``."""
+    if cfg.method.name not in METHODS:
+        raise unknown_name("method", cfg.method.name, METHODS)
+    return METHODS[cfg.method.name](cfg)

@@ -1,0 +1,115 @@
+"""Run directories: atomic files, the staging-then-publish life cycle, and checkpoints.
+
+Layout of one run (``<runs_root>/<run_name>/``)::
+
+    config.yaml      the resolved RunConfig
+    metrics.jsonl    one JSON object per epoch (train/val loss and error, lr, seconds)
+    summary.json     final numbers: top1_err (test, %), val_top1_err, best_epoch, ... ; written last
+    checkpoint.pt    latest epoch (model, optimizer, scheduler, best-so-far); enables --resume
+    best.pt          weights of the epoch with the lowest validation error
+
+A run is trained in ``<run_name>.partial/`` and renamed to ``<run_name>/`` only when it finished, so
+readers (tables, notebooks) never see half-written runs. A run that fails for a user-caused reason
+(NaN loss, bad data) removes its staging directory; a run that is killed leaves it behind, and
+``--resume`` continues from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PARTIAL_SUFFIX = ".partial"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` that never leaves a truncated file behind (a kill mid-save keeps the old one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line (metrics are rewritten atomically on resume, see ``truncate_metrics``)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep only the records of the first ``epochs_done`` epochs (a kill may have left one more)."""
+    records = [r for r in read_jsonl(path) if r.get("epoch", 0) < epochs_done]
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def staging_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    return run_dir.with_name(run_dir.name + PARTIAL_SUFFIX)
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / SUMMARY).is_file()
+
+
+def publish(staging: Path, run_dir: Path) -> None:
+    """Move a finished staging directory to its final name, replacing an older finished run."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    os.replace(staging, run_dir)
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / SUMMARY).read_text())

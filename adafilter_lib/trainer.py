@@ -1,0 +1,180 @@
+"""``fit``: one run from a config to a finished run directory, resumable and DDP-ready.
+
+Order matters for the promise "bad input leaves nothing behind": names, data and weights are all
+checked before the run's staging directory is created, and a user-caused failure during training
+(a NaN loss) removes it again. A killed run keeps ``<run>.partial/`` with its last checkpoint;
+``fit(cfg, resume=True)`` continues from there and reaches the same numbers as an uninterrupted run,
+because every epoch re-seeds its own randomness from ``(seed, epoch, rank)``.
+"""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from . import distributed as dist_utils
+from . import runs
+from .config import RunConfig, save_config
+from .data import DataSplits, build_datasets
+from .engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
+from .errors import KitError
+from .methods import build_method
+from .model import backbone_spec, build_transfer_model
+
+EpochHook = Callable[[int, dict], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A distinct, reproducible seed for each (run seed, epoch, process)."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**31
+
+
+def prepare_run(cfg: RunConfig):
+    """Build the method, data splits and model for ``cfg``; raises KitError before anything is written."""
+    method = build_method(cfg)
+    spec = backbone_spec(cfg.model.backbone)
+    splits = build_datasets(cfg.data, spec.mean, spec.std)
+    seed_everything(cfg.seed)  # the new head's initialization depends on the run seed only
+    model = build_transfer_model(cfg.model.backbone, len(splits.classes), pretrained=cfg.model.pretrained and method.uses_pretrained,
+                                 weights_path=cfg.model.weights_path, head_dropout=cfg.model.head_dropout)
+    return method, splits, model
+
+
+def _train_loader(splits: DataSplits, cfg: RunConfig, epoch: int) -> DataLoader:
+    # Re-created each epoch with an epoch-seeded generator so that a resumed run shuffles identically.
+    generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+    if dist_utils.world_size() > 1:
+        sampler = DistributedSampler(splits.train, shuffle=True, seed=cfg.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(splits.train, generator=generator)
+    drop_last = len(splits.train) // dist_utils.world_size() > cfg.data.batch_size  # no size-1 BN batches
+    return DataLoader(splits.train, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=drop_last,
+                      num_workers=cfg.data.num_workers, generator=generator, persistent_workers=False)
+
+
+def eval_loader(dataset, cfg: RunConfig) -> DataLoader:
+    """An in-order loader over this process's shard (every ``world_size``-th item, no padding)."""
+    if dist_utils.world_size() > 1:
+        dataset = Subset(dataset, list(range(dist_utils.rank(), len(dataset), dist_utils.world_size())))
+    return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+
+
+def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True,
+        on_epoch_end: Optional[EpochHook] = None) -> dict:
+    """Train ``cfg`` to a finished run directory and return its summary.
+
+    Args:
+        cfg: the validated run configuration.
+        resume: continue ``<run>.partial/`` from its last checkpoint if there is one.
+        force: start over, discarding a finished or unfinished run of the same name.
+        progress: show tqdm bars (main process only).
+        on_epoch_end: called as ``hook(epoch, record)`` after each epoch's checkpoint is written.
+    Returns:
+        The summary dict written to ``summary.json`` (``top1_err`` is the test error of the best epoch).
+    """
+    device = dist_utils.local_device(cfg.device)
+    dist_utils.init_from_env(device)
+    run_dir = cfg.run_dir()
+    staging = runs.staging_dir(run_dir)
+    if runs.is_finished(run_dir) and not force:
+        return runs.read_summary(run_dir)
+    if staging.exists() and not (resume or force):
+        raise KitError(f"an unfinished run exists at '{staging}'; pass --resume to continue it or --force to start over")
+
+    method, splits, model = prepare_run(cfg)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    method.prepare(model)
+    optimizer = build_optimizer(method.param_groups(model), cfg.optim)
+    steps = len(_train_loader(splits, cfg, 0))
+    scheduler = build_scheduler(optimizer, cfg.optim, steps)
+
+    start_epoch, best = 0, {"val_top1_err": float("inf"), "best_epoch": -1}
+    dist_utils.barrier()
+    if dist_utils.is_main():
+        if force:
+            runs.discard(staging)
+        staging.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, staging / runs.CONFIG)
+    dist_utils.barrier()
+    checkpoint_path = staging / runs.CHECKPOINT
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"], state["best"]
+        if dist_utils.is_main():
+            runs.truncate_metrics(staging / runs.METRICS, start_epoch)
+
+    train_model = model
+    if dist_utils.world_size() > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    val_loader = eval_loader(splits.val, cfg)
+    try:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, dist_utils.rank()))
+            train = train_one_epoch(train_model, method, _train_loader(splits, cfg, epoch), optimizer, scheduler, device,
+                                    epoch, cfg.amp, cfg.channels_last, progress)
+            val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last)
+            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
+            improved = val["top1_err"] < best["val_top1_err"]  # ties keep the earlier epoch
+            if improved:
+                best = {"val_top1_err": val["top1_err"], "best_epoch": epoch}
+            if dist_utils.is_main():
+                if improved:
+                    runs.atomic_torch_save(model.state_dict(), staging / runs.BEST)
+                runs.append_jsonl(staging / runs.METRICS, record)
+                runs.atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best": best}, checkpoint_path)
+                if progress:
+                    print(f"[{cfg.resolved_run_name()}] epoch {epoch + 1}/{cfg.optim.epochs} "
+                          f"train loss {train['loss']:.3f} err {train['top1_err']:.1f}% | val err {val['top1_err']:.1f}%", flush=True)
+            dist_utils.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+        summary = _finish(cfg, method, model, splits, staging, best, device)
+    except KitError:
+        if dist_utils.is_main():
+            runs.discard(staging)  # a user-caused failure leaves nothing half-written
+        raise
+    if dist_utils.is_main():
+        runs.atomic_write_json(staging / runs.SUMMARY, summary)
+        (staging / runs.CHECKPOINT).unlink(missing_ok=True)  # only needed to resume; best.pt holds the model
+        runs.publish(staging, run_dir)
+    dist_utils.barrier()
+    return summary
+
+
+def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, best: dict, device) -> dict:
+    """Reload the best epoch's weights and measure the test split once (never used for selection)."""
+    dist_utils.barrier()
+    model.load_state_dict(torch.load(staging / runs.BEST, map_location=device, weights_only=True))
+    test = evaluate(model, eval_loader(splits.test, cfg), device, cfg.amp, cfg.channels_last, progress=True, desc="test")
+    history = runs.read_jsonl(staging / runs.METRICS) if dist_utils.is_main() else []
+    return {
+        "top1_err": test["top1_err"], "test_loss": test["loss"],
+        "val_top1_err": best["val_top1_err"], "best_epoch": best["best_epoch"] + 1, "epochs": cfg.optim.epochs,
+        "train_top1_err": history[-1]["train_top1_err"] if history else None,
+        "train_seconds": sum(r["train_seconds"] for r in history),
+        "num_train": len(splits.train), "num_val": len(splits.val), "num_test": len(splits.test),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "world_size": dist_utils.world_size(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

@@ -1,0 +1,49 @@
+import pytest
+import yaml
+
+from adafilter_lib.config import RunConfig, load_config, to_dict
+from adafilter_lib.errors import KitError
+
+
+def test_defaults_validate_and_round_trip_through_yaml(tmp_path):
+    cfg = load_config()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert load_config(path) == cfg == RunConfig()
+
+
+def test_overrides_apply_in_order_with_yaml_typing(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.5\ndata:\n  n_per_class: 7\n")
+    cfg = load_config(path, ["optim.lr=0.02", "optim.epochs=3", "data.n_per_class=null", "method.l2sp.alpha=1"])
+    assert cfg.optim.lr == 0.02 and cfg.optim.epochs == 3 and cfg.data.n_per_class is None
+    assert cfg.method.l2sp.alpha == 1.0 and isinstance(cfg.method.l2sp.alpha, float)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("optim.lrr=0.1", "unknown config key 'optim.lrr'"),
+    ("optim.lr=-1", "optim.lr and optim.head_lr must be positive"),
+    ("data.val_fraction=1.5", "data.val_fraction"),
+    ("optim.optimizer=adam", "optim.optimizer must be 'sgd' or 'adamw'"),
+    ("optim.epochs=two", "optim.epochs' must be int"),
+    ("data.resolution=8", "data.resolution must be at least 16"),
+    ("optim", "not of the form key=value"),
+])
+def test_invalid_values_give_one_line_errors(override, fragment):
+    with pytest.raises(KitError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_and_broken_config_files(tmp_path):
+    with pytest.raises(KitError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    with pytest.raises(KitError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_run_name_is_a_safe_slug():
+    cfg = load_config(None, ["data.dataset=folder:/some/where", "method.name=l2sp", "seed=3"])
+    assert cfg.resolved_run_name() == "folder-_some_where__l2sp__efficientnet_lite0__s3"

@@ -1,0 +1,115 @@
+"""The shared training loop: run records, resume equivalence, failures that leave nothing behind, DDP."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from adafilter_lib import runs
+from adafilter_lib.cli import main
+from adafilter_lib.config import load_config
+from adafilter_lib.errors import KitError
+from adafilter_lib.trainer import fit
+
+
+def test_a_run_writes_its_records_and_publishes_atomically(tiny_cfg):
+    summary = fit(tiny_cfg, progress=False)
+    run_dir = tiny_cfg.run_dir()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.yaml", "metrics.jsonl", "summary.json"]
+    assert not runs.staging_dir(run_dir).exists()
+    metrics = runs.read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [0, 1]
+    assert summary == json.loads((run_dir / "summary.json").read_text())
+    assert summary["num_train"] == 30 and summary["num_val"] == 10  # 4 per class, 1 of them for val
+    best = min(metrics, key=lambda m: m["val_top1_err"])
+    assert summary["val_top1_err"] == best["val_top1_err"] and summary["best_epoch"] == best["epoch"] + 1
+    assert 0.0 <= summary["top1_err"] <= 100.0 and summary["num_test"] > 500
+    assert load_config(run_dir / "config.yaml") == tiny_cfg
+
+
+def test_the_same_seed_gives_the_same_numbers(tiny_overrides, tmp_path):
+    first = fit(load_config(None, tiny_overrides + [f"runs_root={tmp_path}/a"]), progress=False)
+    second = fit(load_config(None, tiny_overrides + [f"runs_root={tmp_path}/b"]), progress=False)
+    assert first["top1_err"] == second["top1_err"] and first["val_top1_err"] == second["val_top1_err"]
+
+
+class SimulatedKill(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["optim.epochs=3"]
+    reference_cfg = load_config(None, overrides + [f"runs_root={tmp_path}/ref"])
+    reference = fit(reference_cfg, progress=False)
+
+    cfg = load_config(None, overrides + [f"runs_root={tmp_path}/killed"])
+
+    def kill_after_first_epoch(epoch, record):
+        if epoch == 0:
+            raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        fit(cfg, progress=False, on_epoch_end=kill_after_first_epoch)
+    staging = runs.staging_dir(cfg.run_dir())
+    assert (staging / "checkpoint.pt").exists() and not cfg.run_dir().exists()
+    with pytest.raises(KitError, match="--resume"):
+        fit(cfg, progress=False)
+    resumed = fit(cfg, resume=True, progress=False)
+    for key in ("top1_err", "test_loss", "val_top1_err", "best_epoch", "train_top1_err"):
+        assert resumed[key] == reference[key], key
+    ref_losses = [m["train_loss"] for m in runs.read_jsonl(reference_cfg.run_dir() / "metrics.jsonl")]
+    assert [m["train_loss"] for m in runs.read_jsonl(cfg.run_dir() / "metrics.jsonl")] == ref_losses
+
+
+def test_a_finished_run_is_reused_unless_forced(tiny_cfg):
+    first = fit(tiny_cfg, progress=False)
+    mtime = (tiny_cfg.run_dir() / "summary.json").stat().st_mtime_ns
+    assert fit(tiny_cfg, progress=False) == first
+    assert (tiny_cfg.run_dir() / "summary.json").stat().st_mtime_ns == mtime
+    fit(tiny_cfg, force=True, progress=False)
+    assert (tiny_cfg.run_dir() / "summary.json").stat().st_mtime_ns != mtime
+
+
+def test_nan_loss_is_a_one_line_error_and_leaves_nothing(tiny_overrides, tmp_path):
+    cfg = load_config(None, tiny_overrides + ["optim.lr=1e30", "optim.head_lr=1e30", "optim.epochs=3"])
+    with pytest.raises(KitError) as err:
+        fit(cfg, progress=False)
+    assert "NaN" in str(err.value) and "optim.lr" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("data.dataset=mnist6k", "unknown dataset 'mnist6k'"),
+    ("method.name=adafliter", "unknown method 'adafliter'"),
+    ("model.backbone=vgg16", "unknown backbone 'vgg16'"),
+    ("data.dataset=folder:/no/such/folder", "/no/such/folder"),
+])
+def test_bad_names_and_folders_fail_before_anything_is_written(tiny_overrides, tmp_path, override, fragment):
+    with pytest.raises(KitError) as err:
+        fit(load_config(None, tiny_overrides + [override]), progress=False)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_prints_one_line_errors_with_exit_status_2(tmp_path, capsys):
+    assert main(["train", "--dataset", "imagenet22k", "--runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown dataset 'imagenet22k'") and err.count("\n") == 1
+    assert main(["train", "--set", "optim.lr=0"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_cpu_processes(tiny_overrides, tmp_path):
+    """DDP on the gloo backend: the run finishes once, written by rank 0, with both processes training."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "-m", "adafilter_lib", "train", "--no-progress", "--set", *tiny_overrides]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = load_config(None, tiny_overrides)
+    summary = runs.read_summary(cfg.run_dir())
+    assert summary["world_size"] == 2 and summary["num_test"] > 500
+    assert len(runs.read_jsonl(cfg.run_dir() / "metrics.jsonl")) == 2
+    assert done.stdout.count("top1_err") == 1  # only rank 0 reports
