@@ -59,9 +59,26 @@ class L2SPConfig:
 
 
 @dataclass
+class AdaFilterConfig:
+    gates: str = "learned"            # "learned", "random" (Bernoulli 0.5), "ones" (all fine-tuned), "zeros" (all pretrained)
+    gated_layers: str = "stages"      # "stages" (convs inside the backbone's blocks) or "all" (stem and head conv too)
+    gated_bn: bool = True             # separate BN per path; False = one BN after mixing (ablation)
+    bn_pretrained: str = "stats"      # "stats" (affine frozen, running stats adapt), "frozen", "trainable"
+    binarize: str = "straight_through"  # or "soft" (continuous gates, ablation)
+    noise: str = "none"               # "none" or "logistic" (binary Gumbel noise on training logits)
+    temperature: float = 1.0
+    hidden: int = 128                 # LSTM width of the gate network
+    gate_bias_init: float = 0.0       # initial gate logit (> 0 leans to fine-tuned filters)
+    gate_lr: float = 0.01             # learning rate of the gate network
+    usage_penalty: float = 0.0        # lam in lam * (mean(g) - usage_target)^2; 0 = off
+    usage_target: float = 0.5
+
+
+@dataclass
 class MethodConfig:
     name: str = "finetune"
     l2sp: L2SPConfig = field(default_factory=L2SPConfig)
+    adafilter: AdaFilterConfig = field(default_factory=AdaFilterConfig)
 
 
 @dataclass
@@ -187,10 +204,28 @@ def validate(cfg: RunConfig) -> None:
         (0.0 <= cfg.model.head_dropout < 1.0, "model.head_dropout must lie in [0, 1)"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got '{cfg.device}'"),
         (cfg.method.l2sp.alpha >= 0 and cfg.method.l2sp.beta >= 0, "method.l2sp.alpha and beta must be 0 or more"),
+        *_adafilter_checks(cfg.method.adafilter),
     ]
     for ok, message in checks:
         if not ok:
             raise KitError(f"invalid config: {message}")
+
+
+def _adafilter_checks(a: AdaFilterConfig) -> list[tuple[bool, str]]:
+    def choice(value, name, options):
+        return value in options, f"method.adafilter.{name} must be one of {', '.join(options)}; got '{value}'"
+
+    return [
+        choice(a.gates, "gates", ("learned", "random", "ones", "zeros")),
+        choice(a.gated_layers, "gated_layers", ("stages", "all")),
+        choice(a.bn_pretrained, "bn_pretrained", ("stats", "frozen", "trainable")),
+        choice(a.binarize, "binarize", ("straight_through", "soft")),
+        choice(a.noise, "noise", ("none", "logistic")),
+        (a.temperature > 0, "method.adafilter.temperature must be positive"),
+        (a.hidden >= 1, "method.adafilter.hidden must be at least 1"),
+        (a.gate_lr > 0, "method.adafilter.gate_lr must be positive"),
+        (a.usage_penalty >= 0 and 0 <= a.usage_target <= 1, "method.adafilter.usage_penalty must be >= 0 and usage_target in [0, 1]"),
+    ]
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

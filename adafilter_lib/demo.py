@@ -48,8 +48,8 @@ def run_demo(runs_root: str = "runs/demo", out_dir: str = "results/demo", seeds:
             print(f"[{index}/{len(configs)}] {cfg.data.dataset} · {cfg.method.name} · seed {cfg.seed}", flush=True)
         fit(cfg, force=force, progress=progress)
     table = build_tables(runs_root, out_dir, method_order=list(methods))
-    print(f"\nTop-1 test error (%), EfficientNet-Lite0, {configs[0].data.n_per_class} labelled images per class "
-          f"({time.perf_counter() - start:.0f} s):\n")
+    print(f"\nEfficientNet-Lite0 (ImageNet), {configs[0].data.n_per_class} labelled images per class, "
+          f"{configs[0].optim.epochs} epochs, finished in {time.perf_counter() - start:.0f} s\n")
     print(markdown_table(table))
     print(f"\nwritten: {out_dir}/error_table.csv, error_table.md, error_table.tex")
     return table

@@ -43,29 +43,32 @@ class BackboneSpec:
     classifier_attr: str               # attribute holding the ImageNet classifier
     mean: tuple
     std: tuple
+    stage_pattern: str = ""            # regex on module names: convs inside the backbone's stages (AdaFilter's default)
 
 
-def _torchvision_spec(name: str, weights_enum: str, classifier_attr: str) -> BackboneSpec:
+def _torchvision_spec(name: str, weights_enum: str, classifier_attr: str, stage_pattern: str) -> BackboneSpec:
     import torchvision
 
     weights = getattr(torchvision.models, weights_enum).IMAGENET1K_V1
     return BackboneSpec(name, lambda: getattr(torchvision.models, name)(weights=None), weights.url,
-                        classifier_attr, IMAGENET_MEAN, IMAGENET_STD)
+                        classifier_attr, IMAGENET_MEAN, IMAGENET_STD, stage_pattern)
 
 
 def _lite0_spec() -> BackboneSpec:
     import timm
 
     return BackboneSpec("efficientnet_lite0", lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
-                        None, "classifier", TF_MEAN, TF_STD)
+                        None, "classifier", TF_MEAN, TF_STD, r"^blocks\.")
 
 
 _SPECS: dict[str, Callable[[], BackboneSpec]] = {
     "efficientnet_lite0": _lite0_spec,
-    "resnet18": lambda: _torchvision_spec("resnet18", "ResNet18_Weights", "fc"),
-    "resnet34": lambda: _torchvision_spec("resnet34", "ResNet34_Weights", "fc"),
-    "resnet50": lambda: _torchvision_spec("resnet50", "ResNet50_Weights", "fc"),
-    "mobilenet_v2": lambda: _torchvision_spec("mobilenet_v2", "MobileNet_V2_Weights", "classifier"),
+    "resnet18": lambda: _torchvision_spec("resnet18", "ResNet18_Weights", "fc", r"^layer\d\."),
+    "resnet34": lambda: _torchvision_spec("resnet34", "ResNet34_Weights", "fc", r"^layer\d\."),
+    "resnet50": lambda: _torchvision_spec("resnet50", "ResNet50_Weights", "fc", r"^layer\d\."),
+    # features.0 is the stem and features.18 the 1x1 head conv; 1..17 are the inverted-residual blocks.
+    "mobilenet_v2": lambda: _torchvision_spec("mobilenet_v2", "MobileNet_V2_Weights", "classifier",
+                                              r"^features\.([1-9]|1[0-7])\."),
 }
 
 

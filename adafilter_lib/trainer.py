@@ -49,7 +49,7 @@ def prepare_run(cfg: RunConfig):
     seed_everything(cfg.seed)  # the new head's initialization depends on the run seed only
     model = build_transfer_model(cfg.model.backbone, len(splits.classes), pretrained=cfg.model.pretrained and method.uses_pretrained,
                                  weights_path=cfg.model.weights_path, head_dropout=cfg.model.head_dropout)
-    return method, splits, model
+    return method, splits, method.build_model(model)
 
 
 def _train_loader(splits: DataSplits, cfg: RunConfig, epoch: int) -> DataLoader:

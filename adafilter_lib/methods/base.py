@@ -1,4 +1,4 @@
-"""Transfer-learning methods: what differs between them, as one small object each.
+"""The baseline methods and the :class:`Method` base every method adjusts.
 
 The training loop (:mod:`adafilter_lib.engine`) is the same for every method; a :class:`Method` only
 decides how the model is prepared (which parameters train), the optimizer's parameter groups, the
@@ -18,9 +18,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import RunConfig
-from .errors import unknown_name
-from .model import ModelOutput, TransferModel
+from ..config import RunConfig
+from ..model import ModelOutput, TransferModel
 
 
 class Method:
@@ -31,6 +30,10 @@ class Method:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+
+    def build_model(self, model: TransferModel) -> TransferModel:
+        """Turn the pretrained TransferModel into this method's network (default: unchanged)."""
+        return model
 
     def prepare(self, model: TransferModel) -> None:
         """Set ``requires_grad`` (and any reference state) before the optimizer is built."""
@@ -92,17 +95,3 @@ def _groups(parts: dict[str, tuple[nn.Module, float]]) -> list[dict]:
         if params:
             groups.append({"name": name, "params": params, "lr": lr})
     return groups
-
-
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Method, LinearProbe, L2SP, Scratch)}
-
-
-def method_names() -> list[str]:
-    return sorted(METHODS)
-
-
-def build_method(cfg: RunConfig) -> Method:
-    """The method object named by ``cfg.method.name``."""
-    if cfg.method.name not in METHODS:
-        raise unknown_name("method", cfg.method.name, METHODS)
-    return METHODS[cfg.method.name](cfg)

@@ -1,0 +1,159 @@
+"""Turn a :class:`~adafilter_lib.model.TransferModel` into its AdaFilter form.
+
+Every selected ``nn.Conv2d`` of the backbone and the BatchNorm that follows it become one
+:class:`GatedSite` (a :class:`~adafilter_lib.layers.GatedConv2d` plus the hook that asks the gate
+network for its gates); the BN's place keeps only what came after the normalization (timm's
+``BatchNormAct2d`` applies its activation there). Which BN follows which conv is read off one traced
+forward pass, so the same code converts torchvision ResNets and MobileNetV2 and timm's EfficientNets.
+
+:class:`AdaFilterModel` returns ``ModelOutput(logits, gates)`` with ``gates[name]`` of shape
+``(B, C_out)`` for every gated layer, keyed by the conv's module name in the backbone.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .config import AdaFilterConfig
+from .gate_net import RecurrentGateNet, binarize_gates
+from .layers import GatedConv2d
+from .model import ModelOutput, TransferModel
+
+
+class GateRouter:
+    """Decides the gates of every gated layer during one forward and keeps them for the model's output.
+
+    Not an ``nn.Module``: it is shared by all sites and the model, and owns no parameters (the gate
+    network it calls is a submodule of :class:`AdaFilterModel`).
+    """
+
+    def __init__(self, cfg: AdaFilterConfig, gate_net: RecurrentGateNet, names: list[str]):
+        self.cfg, self.gate_net, self.names = cfg, gate_net, names
+        self.training = False
+        self.gates: dict[str, torch.Tensor] = {}
+
+    def begin(self, training: bool) -> None:
+        self.training, self.gates = training, {}
+        self.gate_net.reset()
+
+    def gates_for(self, index: int, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+        """Gates (B, C_out) of gated layer ``index`` whose input is ``x`` (B, C_in, H, W)."""
+        mode, batch = self.cfg.gates, x.shape[0]
+        if mode == "ones":
+            gates = x.new_ones(batch, out_channels)
+        elif mode == "zeros":
+            gates = x.new_zeros(batch, out_channels)
+        elif mode == "random":  # stochastic fine-tuning; evaluation uses the expected gate
+            gates = torch.bernoulli(x.new_full((batch, out_channels), 0.5)) if self.training else x.new_full((batch, out_channels), 0.5)
+        else:
+            logits = self.gate_net.step(index, x.mean(dim=(2, 3)))  # pooled input (B, C_in) -> (B, C_out)
+            gates = binarize_gates(logits, self.training, self.cfg.binarize, self.cfg.noise, self.cfg.temperature)
+        self.gates[self.names[index]] = gates
+        return gates
+
+
+class GatedSite(nn.Module):
+    """The module placed where a conv was: asks the router for gates, then runs the gated conv."""
+
+    def __init__(self, layer: GatedConv2d, index: int, router: GateRouter):
+        super().__init__()
+        self.layer, self.index = layer, index
+        self.__dict__["router"] = router  # a plain reference, not a registered submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, self.router.gates_for(self.index, x, self.layer.out_channels))
+
+
+class AdaFilterModel(TransferModel):
+    """A TransferModel whose gated convs pick, per example and filter, pretrained or fine-tuned weights.
+
+    Shape:
+        input (B, 3, H, W); output ModelOutput(logits (B, K), gates {layer name: (B, C_out)}).
+    """
+
+    def __init__(self, base: TransferModel, router: GateRouter, gate_net: RecurrentGateNet):
+        nn.Module.__init__(self)  # adopt base's modules as they are (no new head, no RNG draws)
+        self.features, self.dropout, self.head = base.features, base.dropout, base.head
+        self.gate_net = gate_net
+        self.__dict__["router"] = router
+
+    @property
+    def gated_layer_names(self) -> list[str]:
+        return list(self.router.names)
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        self.router.begin(self.training)
+        pooled = self.features(images)  # gated sites fill router.gates in execution order
+        return ModelOutput(self.head(self.dropout(pooled)), dict(self.router.gates))
+
+    def gated_layers(self) -> dict[str, GatedConv2d]:
+        return {name: module.layer for name, module in zip(self.router.names, self._sites())}
+
+    def _sites(self) -> list[GatedSite]:
+        return sorted((m for m in self.features.modules() if isinstance(m, GatedSite)), key=lambda m: m.index)
+
+
+def trace_conv_bn_pairs(features: nn.Module, resolution: int = 64) -> list[tuple[str, Optional[str]]]:
+    """(conv name, name of the BN applied right after it or None) for every conv, in execution order."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: order.append(name))
+             for name, m in features.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    was_training = features.training
+    try:
+        features.eval()
+        with torch.no_grad():
+            features(torch.zeros(1, 3, resolution, resolution, device=next(features.parameters()).device))
+    finally:
+        features.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    modules = dict(features.named_modules())
+    pairs = []
+    for i, name in enumerate(order):
+        if not isinstance(modules[name], nn.Conv2d):
+            continue
+        nxt = order[i + 1] if i + 1 < len(order) else None
+        follows = nxt is not None and isinstance(modules[nxt], nn.BatchNorm2d) and modules[nxt].num_features == modules[name].out_channels
+        pairs.append((name, nxt if follows else None))
+    return pairs
+
+
+def _after_norm(bn: nn.BatchNorm2d) -> nn.Module:
+    """What ``bn`` applied after normalizing: timm's BatchNormAct2d has ``drop`` and ``act``; plain BN nothing."""
+    if hasattr(bn, "act"):
+        return nn.Sequential(getattr(bn, "drop", nn.Identity()), bn.act)
+    return nn.Identity()
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+def convert_to_adafilter(model: TransferModel, cfg: AdaFilterConfig, stage_pattern: str) -> AdaFilterModel:
+    """Replace the selected convs (and their BNs) of ``model.features`` by gated sites.
+
+    Args:
+        model: a pretrained TransferModel (its weights become both filter banks).
+        cfg: AdaFilter options (which layers, gated BN mode, gate network).
+        stage_pattern: regex selecting the "stages" convs by module name (from the backbone spec).
+    Returns:
+        The AdaFilterModel; it shares the head and every unconverted module with ``model``.
+    """
+    pairs = trace_conv_bn_pairs(model.features)
+    if cfg.gated_layers == "stages":
+        pairs = [(conv, bn) for conv, bn in pairs if re.search(stage_pattern, conv)]
+    names = [conv for conv, _ in pairs]
+    convs = [model.features.get_submodule(conv) for conv in names]
+    gate_net = RecurrentGateNet([c.in_channels for c in convs], [c.out_channels for c in convs], cfg.hidden, cfg.gate_bias_init)
+    router = GateRouter(cfg, gate_net, names)
+    for index, ((conv_name, bn_name), conv) in enumerate(zip(pairs, convs)):
+        bn = model.features.get_submodule(bn_name) if bn_name else None
+        layer = GatedConv2d(conv, bn, gated_bn=cfg.gated_bn, bn_pretrained=cfg.bn_pretrained)
+        _set_module(model.features, conv_name, GatedSite(layer, index, router))
+        if bn_name:
+            _set_module(model.features, bn_name, _after_norm(bn))
+    return AdaFilterModel(model, router, gate_net).to(next(model.parameters()).device)

@@ -1,0 +1,82 @@
+"""AdaFilter's recurrent gate network and the one binarization function.
+
+For gated layer ``l`` (in execution order) the gate network sees the globally pooled input of that
+layer, projects it to width ``d`` with a per-layer linear map, advances one ``LSTMCell`` shared by
+all layers (state carried from layer to layer and reset at each forward), and a per-layer linear
+head turns the hidden state into ``C_out`` gate logits. The LSTM is what makes the decisions of one
+layer depend on those taken before it ("layer-wise recurrent gated network" in the paper).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+BINARIZE_MODES = ("straight_through", "soft")
+NOISE_MODES = ("none", "logistic")
+
+
+def binarize_gates(logits: torch.Tensor, training: bool, mode: str = "straight_through", noise: str = "none",
+                   temperature: float = 1.0) -> torch.Tensor:
+    """Gate logits to gates in [0, 1]; 1 selects the fine-tuned filter.
+
+    - ``straight_through``: the forward value is hard (0/1); the backward uses the gradient of the
+      relaxed ``sigmoid(logits / temperature)``. In training, ``noise="logistic"`` perturbs the logits
+      with logistic noise first (a binary Gumbel-softmax sample); in evaluation the gate is the
+      deterministic threshold ``logits > 0``.
+    - ``soft``: the continuous ``sigmoid(logits / temperature)`` in training and evaluation (ablation).
+
+    Shape:
+        logits: (B, C); returns (B, C).
+    """
+    if mode == "soft":
+        return torch.sigmoid(logits / temperature)
+    if not training:
+        return (logits > 0).to(logits.dtype)
+    if noise == "logistic":
+        u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
+        logits = logits + torch.log(u) - torch.log1p(-u)
+    soft = torch.sigmoid(logits / temperature)
+    hard = (soft > 0.5).to(soft.dtype)
+    return hard + soft - soft.detach()  # value: hard; gradient: that of soft
+
+
+class RecurrentGateNet(nn.Module):
+    """One LSTM cell shared across layers; per-layer input projections and output heads.
+
+    Args:
+        in_channels: C_in of each gated layer, in execution order.
+        out_channels: C_out of each gated layer, in execution order.
+        hidden: LSTM width ``d``.
+        bias_init: initial bias of every gate head: the gate logits start near this value, so it sets
+            the early regime (0: undecided; > 0: lean to fine-tuned filters; < 0: to pretrained).
+    Shape:
+        step(l, pooled (B, C_in[l])) -> logits (B, C_out[l]).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int], hidden: int = 128,
+                 bias_init: float = 0.0):
+        super().__init__()
+        self.hidden = hidden
+        self.projections = nn.ModuleList(nn.Linear(c, hidden) for c in in_channels)
+        self.cell = nn.LSTMCell(hidden, hidden)
+        self.heads = nn.ModuleList(nn.Linear(hidden, c) for c in out_channels)
+        for head in self.heads:
+            nn.init.normal_(head.weight, std=0.01)  # small: early gates follow bias_init, not noise in h
+            nn.init.constant_(head.bias, bias_init)
+        self._state: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def reset(self) -> None:
+        """Forget the recurrent state (called at the start of every model forward)."""
+        self._state = None
+
+    def step(self, layer: int, pooled: torch.Tensor) -> torch.Tensor:
+        """Advance the shared LSTM by one gated layer and return that layer's gate logits (B, C_out)."""
+        inputs = torch.relu(self.projections[layer](pooled.float()))  # (B, d)
+        if self._state is None:
+            zeros = inputs.new_zeros(inputs.shape[0], self.hidden)
+            self._state = (zeros, zeros)
+        h, c = self.cell(inputs, self._state)
+        self._state = (h, c)
+        return self.heads[layer](h)  # (B, C_out)

@@ -1,0 +1,29 @@
+"""Transfer-learning methods: what differs between them, as one small object each.
+
+The training loop (:mod:`adafilter_lib.engine`) is the same for every method; a
+:class:`~.base.Method` only decides how the network is built from the pretrained model, which
+parameters train, the optimizer's parameter groups, train/eval mode of each part, and an optional
+extra loss term. ``METHODS`` maps each name to its class.
+"""
+from __future__ import annotations
+
+from ..config import RunConfig
+from ..errors import unknown_name
+from .adafilter import ADAFILTER_METHODS, AdaFilter
+from .base import L2SP, LinearProbe, Method, Scratch
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Method, LinearProbe, L2SP, Scratch, *ADAFILTER_METHODS)}
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def build_method(cfg: RunConfig) -> Method:
+    """The method object named by ``cfg.method.name``."""
+    if cfg.method.name not in METHODS:
+        raise unknown_name("method", cfg.method.name, METHODS)
+    return METHODS[cfg.method.name](cfg)
+
+
+__all__ = ["METHODS", "Method", "LinearProbe", "L2SP", "Scratch", "AdaFilter", "build_method", "method_names"]

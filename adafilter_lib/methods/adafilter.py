@@ -1,0 +1,69 @@
+"""AdaFilter as a method, and its ablations (each a fixed choice of AdaFilter options).
+
+Parameter groups: fine-tuned filters with their BN and the ungated backbone layers at ``optim.lr``,
+the gate network at ``method.adafilter.gate_lr``, the head at ``optim.head_lr``. The pretrained
+filters are buffers, so no optimizer can touch them.
+
+Ablations (``METHODS.md``): ``adafilter_random`` (Bernoulli 0.5 gates, akin to stochastic
+fine-tuning), ``adafilter_all_finetuned`` (every gate 1: fine-tuning with gated BN),
+``adafilter_all_pretrained`` (every gate 0: frozen gated filters), ``adafilter_no_gated_bn`` (one BN
+after mixing) and ``adafilter_soft`` (continuous gates).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from ..adafilter import AdaFilterModel, convert_to_adafilter
+from ..config import AdaFilterConfig
+from ..model import ModelOutput, TransferModel, backbone_spec
+from .base import Method, _groups
+
+
+class AdaFilter(Method):
+    name = "adafilter"
+    overrides: dict = {}  # AdaFilter options an ablation fixes
+
+    @property
+    def options(self) -> AdaFilterConfig:
+        return dataclasses.replace(self.cfg.method.adafilter, **self.overrides)
+
+    def build_model(self, model: TransferModel) -> AdaFilterModel:
+        return convert_to_adafilter(model, self.options, backbone_spec(self.cfg.model.backbone).stage_pattern)
+
+    def prepare(self, model: AdaFilterModel) -> None:
+        model.requires_grad_(True)
+        for layer in model.gated_layers().values():
+            if layer.bn_pretrained is not None:
+                layer.bn_pretrained.requires_grad_(self.options.bn_pretrained == "trainable")
+
+    def param_groups(self, model: AdaFilterModel) -> list[dict]:
+        groups = _groups({"finetuned": (model.features, self.cfg.optim.lr), "gate_net": (model.gate_net, self.options.gate_lr),
+                          "head": (model.head, self.cfg.optim.head_lr)})
+        if self.options.gates != "learned":  # fixed gates: the gate network would get no gradient
+            groups = [g for g in groups if g["name"] != "gate_net"]
+        return groups
+
+    def extra_loss(self, model: AdaFilterModel, output: ModelOutput) -> Optional[torch.Tensor]:
+        """``lam * (mean(g) - target)^2`` over all gates of the batch, when the usage penalty is on."""
+        lam = self.options.usage_penalty
+        if lam == 0 or not output.gates:
+            return None
+        usage = torch.cat([g.flatten() for g in output.gates.values()]).mean()
+        return lam * (usage - self.options.usage_target) ** 2
+
+
+def _ablation(name: str, **overrides) -> type[AdaFilter]:
+    return type(f"AdaFilter_{name}", (AdaFilter,), {"name": name, "overrides": overrides})
+
+
+ADAFILTER_METHODS = (
+    AdaFilter,
+    _ablation("adafilter_random", gates="random"),
+    _ablation("adafilter_all_finetuned", gates="ones"),
+    _ablation("adafilter_all_pretrained", gates="zeros"),
+    _ablation("adafilter_no_gated_bn", gated_bn=False),
+    _ablation("adafilter_soft", binarize="soft"),
+)
