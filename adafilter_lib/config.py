@@ -50,6 +50,7 @@ class OptimConfig:
     step_size: int = 10               # epochs between decays for "step"
     gamma: float = 0.1                # decay factor for "step"
     epochs: int = 10
+    precise_bn: bool = True           # recompute BN statistics on the training data after each epoch
 
 
 @dataclass

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import OptimConfig
-from .distributed import all_reduce_sum, is_main
+from .distributed import all_reduce_sum, is_main, world_size
 from .errors import KitError
 from .model import ModelOutput
 
@@ -97,9 +97,38 @@ def train_one_epoch(model: nn.Module, method, loader: Iterable, optimizer, sched
 
 
 @torch.no_grad()
+def recalibrate_bn(model: nn.Module, method, loader: Iterable, device: torch.device, amp: bool = True,
+                   channels_last: bool = True) -> None:
+    """Recompute the running statistics of every BN the method trains, with the current weights ("precise BN").
+
+    With few images and few steps per epoch, the exponential running averages lag far behind weights
+    that move fast, and the evaluation-mode network differs from the one that was trained (validation
+    error near chance while training error is low). A pass over the training data with a cumulative
+    average (``momentum=None``) fixes that at the cost of one forward pass. BNs that the method keeps
+    in evaluation mode (a linear probe's frozen backbone) are left untouched.
+    """
+    method.train_mode(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the pass
+    for images, labels in loader:
+        images, labels = _to_device(images, labels, device, channels_last)
+        with autocast_for(device, amp):
+            model(images)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+        for stat in (m.running_mean, m.running_var):  # every process ends with the same statistics
+            stat.copy_(all_reduce_sum(stat) / world_size())
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = True,
              channels_last: bool = True, progress: bool = False, desc: str = "eval",
-             on_batch: Optional[BatchHook] = None) -> dict:
+             on_batch: Optional[BatchHook] = None, reduce: bool = True) -> dict:
     """Mean cross-entropy ``loss`` and ``top1_err`` (%) over ``loader`` in eval mode (summed over processes).
 
     ``on_batch(output, labels, per_sample_loss)`` sees every batch in loader order, which is how gate
@@ -116,7 +145,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
                                torch.tensor(len(labels), device=device)]).float()
         if on_batch is not None:
             on_batch(output, labels, losses)
-    totals = all_reduce_sum(totals)
+    if reduce:
+        totals = all_reduce_sum(totals)
     count = max(totals[2].item(), 1.0)
     return {"loss": totals[0].item() / count, "top1_err": 100.0 * totals[1].item() / count, "n": int(totals[2].item())}
 

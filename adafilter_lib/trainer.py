@@ -22,7 +22,8 @@ from . import distributed as dist_utils
 from . import runs
 from .config import RunConfig, save_config
 from .data import DataSplits, build_datasets
-from .engine import build_optimizer, build_scheduler, evaluate, train_one_epoch
+from .engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
+from .gates import USAGE_FILE, GateRecorder, GateStats, GateSummary
 from .errors import KitError
 from .methods import build_method
 from .model import backbone_spec, build_transfer_model
@@ -133,8 +134,12 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: boo
             torch.manual_seed(epoch_seed(cfg.seed, epoch, dist_utils.rank()))
             train = train_one_epoch(train_model, method, _train_loader(splits, cfg, epoch), optimizer, scheduler, device,
                                     epoch, cfg.amp, cfg.channels_last, progress)
-            val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last)
-            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()}}
+            if cfg.optim.precise_bn:
+                recalibrate_bn(model, method, _train_loader(splits, cfg, epoch), device, cfg.amp, cfg.channels_last)
+            val_gates = GateStats(len(splits.classes))
+            val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last, on_batch=val_gates)
+            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
+                      **_gate_fields(val_gates.compute(), "val_")}
             improved = val["top1_err"] < best["val_top1_err"]  # ties keep the earlier epoch
             if improved:
                 best = {"val_top1_err": val["top1_err"], "best_epoch": epoch}
@@ -150,7 +155,7 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: boo
             dist_utils.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
-        summary = _finish(cfg, method, model, splits, staging, best, device)
+        summary = _finish(cfg, method, model, splits, staging, best, device, progress)
     except KitError:
         if dist_utils.is_main():
             runs.discard(staging)  # a user-caused failure leaves nothing half-written
@@ -163,13 +168,34 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: boo
     return summary
 
 
-def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, best: dict, device) -> dict:
+def _gate_fields(summary: Optional[GateSummary], prefix: str, by_layer: bool = True) -> dict:
+    """Metrics fields for gate usage (empty for models without gates)."""
+    if summary is None:
+        return {}
+    fields = {f"{prefix}frac_finetuned": summary.overall}
+    if by_layer:
+        fields[f"{prefix}frac_by_layer"] = dict(zip(summary.layer_names, summary.frac_finetuned.round(4).tolist()))
+    return fields
+
+
+def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, best: dict, device, progress: bool) -> dict:
     """Reload the best epoch's weights and measure the test split once (never used for selection)."""
     dist_utils.barrier()
     model.load_state_dict(torch.load(staging / runs.BEST, map_location=device, weights_only=True))
-    test = evaluate(model, eval_loader(splits.test, cfg), device, cfg.amp, cfg.channels_last, progress=True, desc="test")
+    single = dist_utils.world_size() == 1
+    stats, recorder = GateStats(len(splits.classes)), GateRecorder()
+    test = evaluate(model, eval_loader(splits.test, cfg), device, cfg.amp, cfg.channels_last, progress=progress, desc="test",
+                    on_batch=(lambda *batch: (stats(*batch), recorder(*batch))) if single else None)
+    if not single and dist_utils.is_main():  # the per-image record needs every test image in order
+        full = DataLoader(splits.test, batch_size=cfg.data.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+        evaluate(model, full, device, cfg.amp, cfg.channels_last, on_batch=lambda *b: (stats(*b), recorder(*b)), reduce=False)
+    summary_gates = stats.compute()
+    if summary_gates is not None and dist_utils.is_main():
+        recorder.save(staging, splits.classes)
+        runs.atomic_write_text(staging / USAGE_FILE, summary_gates.to_frame(splits.classes).to_csv(index=False))
     history = runs.read_jsonl(staging / runs.METRICS) if dist_utils.is_main() else []
     return {
+        **_gate_fields(summary_gates, "test_", by_layer=False),
         "top1_err": test["top1_err"], "test_loss": test["loss"],
         "val_top1_err": best["val_top1_err"], "best_epoch": best["best_epoch"] + 1, "epochs": cfg.optim.epochs,
         "train_top1_err": history[-1]["train_top1_err"] if history else None,
