@@ -1,4 +1,4 @@
-"""Command line: ``python -m adafilter_lib {train,table,demo} ...`` (also installed as ``adafilter``).
+"""AdaFilter study kit: train, compare and tabulate transfer-learning methods (also installed as ``adafilter``).
 
 Every user-caused problem ends as one line ``error: ...`` on stderr and exit status 2.
 """
@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   torchrun --nproc_per_node=2 -m adafilter_lib train --dataset mnist5k    # data-parallel (DDP)
   python -m adafilter_lib table --runs runs --out results/my_study
   python -m adafilter_lib demo
+  python -m adafilter_lib bench --backbone resnet18 --res 64 --batch 32
 """
 
 
@@ -86,6 +87,29 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time AdaFilter against fine-tuning (training and evaluation steps, same process)")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default: efficientnet_lite0)")
+    p.add_argument("--res", type=int, default=64, help="input resolution in pixels (default: 64)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per model and kind (default: 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
+    p.add_argument("--out", default="results/bench", help="folder for the JSON record (default: results/bench)")
+
+
+def _cmd_bench(args) -> int:
+    from .bench import format_bench, run_bench
+    from .model import backbone_spec
+
+    backbone_spec(args.backbone)  # unknown names fail here, with the valid ones listed
+    result = run_bench(args.backbone, args.res, args.batch, args.steps, args.warmup, args.device,
+                       channels_last=not args.no_channels_last, out_dir=args.out)
+    print(format_bench(result))
+    return 0
+
+
 def _cmd_list(args) -> int:
     from .data import dataset_names
     from .methods import method_names
@@ -104,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_table(sub)
     _add_demo(sub)
+    _add_bench(sub)
     sub.add_parser("list", help="list the dataset, method and backbone names")
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "list": _cmd_list}
+COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "list": _cmd_list}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -49,6 +49,15 @@ class GateSummary:
         total = sum(f.sum() for f in self.filter_frequency.values())
         return float(total / max(sum(f.size for f in self.filter_frequency.values()), 1))
 
+    @property
+    def adaptive(self) -> float:
+        """Fraction of filters whose choice varies across images (selection frequency strictly in (0, 1)).
+
+        0 means every filter made the same choice for every image: a fixed mix, no per-example selection.
+        """
+        freqs = np.concatenate([f for f in self.filter_frequency.values()])
+        return float(((freqs > 1e-6) & (freqs < 1 - 1e-6)).mean()) if freqs.size else 0.0
+
     def to_frame(self, class_names: Optional[Sequence[str]] = None) -> pd.DataFrame:
         """Tidy usage table: one row per (layer, group) where group is "all" or a class name."""
         names = list(class_names) if class_names is not None else [str(k) for k in range(len(self.class_counts))]

@@ -172,7 +172,7 @@ def _gate_fields(summary: Optional[GateSummary], prefix: str, by_layer: bool = T
     """Metrics fields for gate usage (empty for models without gates)."""
     if summary is None:
         return {}
-    fields = {f"{prefix}frac_finetuned": summary.overall}
+    fields = {f"{prefix}frac_finetuned": summary.overall, f"{prefix}frac_adaptive_filters": summary.adaptive}
     if by_layer:
         fields[f"{prefix}frac_by_layer"] = dict(zip(summary.layer_names, summary.frac_finetuned.round(4).tolist()))
     return fields

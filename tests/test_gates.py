@@ -32,9 +32,17 @@ def test_gate_stats_numbers_from_known_gates():
     np.testing.assert_allclose(s.filter_frequency["a"], [1 / 3, 2 / 3])
     np.testing.assert_allclose(s.filter_frequency["b"], [2 / 3, 1 / 3, 2 / 3, 2 / 3])
     assert s.overall == pytest.approx((3 + 7) / 18)  # 10 ones among 3 images x 6 filters
+    assert s.adaptive == pytest.approx(1.0)  # every filter chose differently for some image
     frame = s.to_frame(["zero", "one", "two"])
     assert len(frame) == 2 * 4 and set(frame["group"]) == {"all", "zero", "one", "two"}
     assert frame.query("layer == 'b' and group == 'one'")["frac_finetuned"].item() == 1.0
+
+
+def test_filters_that_never_change_their_choice_are_not_adaptive():
+    stats = GateStats(2)
+    gates = {"a": torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0]])}
+    stats(ModelOutput(torch.zeros(2, 2), gates), torch.tensor([0, 1]), torch.zeros(2))
+    assert stats.compute().adaptive == pytest.approx(1 / 3)
 
 
 def test_models_without_gates_give_no_summary():

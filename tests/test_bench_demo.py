@@ -1,0 +1,37 @@
+"""The bench command's output contract and the demo's grid → table path (on tiny settings)."""
+import json
+
+import pandas as pd
+
+from adafilter_lib.cli import main
+from adafilter_lib.demo import DEMO_METHODS, demo_configs, run_demo
+
+
+def test_bench_prints_the_ratio_line_and_records_the_command(tmp_path, capsys):
+    assert main(["bench", "--backbone", "resnet18", "--res", "32", "--batch", "4", "--steps", "2", "--warmup", "1",
+                 "--out", str(tmp_path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    train, evaluation = (float(part.split("=")[1]) for part in last.split())
+    assert last.startswith("train_step_ratio=") and " eval_step_ratio=" in last and train > 0 and evaluation > 0
+    record = json.loads((tmp_path / "resnet18_32px_b4_cpu.json").read_text())
+    assert record["train_step_ratio"] == record["train_adafilter_median_s"] / record["train_finetune_median_s"]
+    assert "--backbone resnet18" in record["command"]
+
+
+def test_demo_grid_covers_every_dataset_method_and_seed(tmp_path):
+    configs = demo_configs(str(tmp_path), seeds=(0, 1))
+    assert len(configs) == 2 * 2 * len(DEMO_METHODS)
+    assert {(c.data.dataset, c.method.name, c.seed) for c in configs} == {
+        (d, m, s) for d in ("mnist5k", "digits") for m in DEMO_METHODS for s in (0, 1)}
+    assert all(c.model.backbone == "efficientnet_lite0" and c.model.pretrained for c in configs)
+
+
+def test_demo_writes_and_prints_the_error_table(tmp_path, capsys):
+    tiny = ["model.backbone=resnet18", "model.pretrained=false", "data.n_per_class=3", "data.resolution=32", "optim.epochs=1"]
+    run_demo(str(tmp_path / "runs"), str(tmp_path / "out"), overrides=tiny, progress=False,
+             datasets=("digits",), methods=("linear_probe", "finetune"))
+    table = pd.read_csv(tmp_path / "out" / "error_table.csv")
+    assert list(table.columns) == ["method", "dataset", "top1_err", "top1_err_std", "seeds"]
+    assert table["method"].tolist() == ["linear_probe", "finetune"] and set(table["dataset"]) == {"digits"}
+    out = capsys.readouterr().out
+    assert "| linear_probe" in out and (tmp_path / "out" / "error_table.md").exists()
