@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import load_config
-from .engine import autocast_for
+from .engine import autocast_for, build_optimizer
 from .methods import build_method
 from .model import build_transfer_model
 from .runs import atomic_write_json
@@ -37,7 +37,7 @@ def _models(backbone: str, num_classes: int, device: torch.device, channels_last
         model = method.build_model(build_transfer_model(backbone, num_classes, pretrained=False))
         model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         method.prepare(model)
-        optimizer = torch.optim.SGD(method.param_groups(model), lr=1e-3, momentum=0.9)
+        optimizer = build_optimizer(method.param_groups(model), cfg.optim)  # what training uses
         built[name] = (model, optimizer)
     return built
 

@@ -21,7 +21,7 @@ from .results import build_tables, markdown_table
 from .trainer import fit
 
 DEMO_DATASETS: tuple[str, ...] = ("mnist5k", "digits")
-DEMO_METHODS: tuple[str, ...] = ("scratch", "linear_probe", "finetune", "l2sp")
+DEMO_METHODS: tuple[str, ...] = ("scratch", "linear_probe", "finetune", "l2sp", "adafilter", "adafilter_random")
 
 
 def demo_config_path() -> Path:

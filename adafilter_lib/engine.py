@@ -26,10 +26,12 @@ BatchHook = Callable[[ModelOutput, torch.Tensor, torch.Tensor], None]
 
 def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or AdamW over the method's parameter groups."""
+    # foreach: one multi-tensor kernel per group instead of a few small ops per parameter, which
+    # matters on CPU for AdaFilter's ~200 small gate-network tensors.
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):

@@ -31,15 +31,31 @@ def binarize_gates(logits: torch.Tensor, training: bool, mode: str = "straight_t
         logits: (B, C); returns (B, C).
     """
     if mode == "soft":
-        return torch.sigmoid(logits / temperature)
+        return torch.sigmoid(logits / temperature if temperature != 1.0 else logits)
     if not training:
         return (logits > 0).to(logits.dtype)
     if noise == "logistic":
         u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
         logits = logits + torch.log(u) - torch.log1p(-u)
-    soft = torch.sigmoid(logits / temperature)
-    hard = (soft > 0.5).to(soft.dtype)
-    return hard + soft - soft.detach()  # value: hard; gradient: that of soft
+    if temperature != 1.0:  # skipped at 1: a division per layer is measurable on CPU
+        logits = logits / temperature
+    return _StraightThrough.apply(torch.sigmoid(logits))
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: exactly 0 or 1 (``soft > 0.5``); backward: the gradient of ``soft`` unchanged.
+
+    ``hard + soft - soft.detach()`` is not exactly 0/1 in floating point (1 + 0.73 - 0.73 can be
+    0.99999994), which would break the all-ones / all-zeros equivalences with plain networks.
+    """
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor) -> torch.Tensor:
+        return (soft > 0.5).to(soft.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
 
 
 class RecurrentGateNet(nn.Module):

@@ -144,13 +144,12 @@ def test_returned_gates_are_keyed_binary_and_shaped():
         assert set(g.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_random_gates_are_bernoulli_in_training_and_their_mean_in_evaluation():
+def test_random_gates_are_bernoulli_in_training_and_evaluation():
     _, method, model, _ = _build("resnet18", method="adafilter_random")
     assert {g["name"] for g in method.param_groups(model)} == {"finetuned", "head"}
-    train_gates = torch.cat([g.flatten() for g in model.train()(torch.randn(4, 3, 32, 32)).gates.values()])
-    assert set(train_gates.unique().tolist()) == {0.0, 1.0} and abs(train_gates.mean() - 0.5) < 0.05
-    eval_gates = torch.cat([g.flatten() for g in model.eval()(torch.randn(2, 3, 32, 32)).gates.values()])
-    assert torch.all(eval_gates == 0.5)
+    for mode in (True, False):
+        gates = torch.cat([g.flatten() for g in model.train(mode)(torch.randn(4, 3, 32, 32)).gates.values()])
+        assert set(gates.unique().tolist()) == {0.0, 1.0} and abs(gates.mean() - 0.5) < 0.05
 
 
 def test_usage_penalty_pulls_the_mean_gate_towards_its_target():
@@ -159,3 +158,16 @@ def test_usage_penalty_pulls_the_mean_gate_towards_its_target():
     usage = torch.cat([g.flatten() for g in out.gates.values()]).mean()
     assert torch.allclose(method.extra_loss(model, out), 2.0 * (usage - 0.25) ** 2)
     assert isinstance(model, AdaFilterModel) and any(isinstance(m, GatedSite) for m in model.modules())
+
+
+def test_binarized_gates_are_exactly_binary_with_the_relaxed_gradient():
+    from adafilter_lib.gate_net import binarize_gates
+
+    logits = torch.tensor([[2.0, -1.0, 0.3, -0.2]], requires_grad=True)
+    gates = binarize_gates(logits, training=True)
+    assert gates.tolist() == [[1.0, 0.0, 1.0, 0.0]]
+    gates.sum().backward()
+    assert torch.allclose(logits.grad, torch.sigmoid(logits) * (1 - torch.sigmoid(logits)))
+    assert binarize_gates(logits, training=False).tolist() == [[1.0, 0.0, 1.0, 0.0]]
+    soft = binarize_gates(logits, training=False, mode="soft")
+    assert torch.allclose(soft, torch.sigmoid(logits))
