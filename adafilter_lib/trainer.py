@@ -182,6 +182,7 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
     """Reload the best epoch's weights and measure the test split once (never used for selection)."""
     dist_utils.barrier()
     model.load_state_dict(torch.load(staging / runs.BEST, map_location=device, weights_only=True))
+    method.finalize(model)
     single = dist_utils.world_size() == 1
     stats, recorder = GateStats(len(splits.classes)), GateRecorder()
     test = evaluate(model, eval_loader(splits.test, cfg), device, cfg.amp, cfg.channels_last, progress=progress, desc="test",

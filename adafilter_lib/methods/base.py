@@ -51,6 +51,12 @@ class Method:
         """A regularization term added to the cross-entropy, or None."""
         return None
 
+    def finalize(self, model: TransferModel) -> None:
+        """Change the trained model (best epoch's weights loaded) before the test split is measured.
+
+        Default: nothing. A post-hoc method (e.g. weight interpolation) overrides this.
+        """
+
 
 class LinearProbe(Method):
     name = "linear_probe"
