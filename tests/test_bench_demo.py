@@ -23,13 +23,14 @@ def test_demo_grid_covers_every_dataset_method_and_seed(tmp_path):
     assert len(configs) == 2 * 2 * len(DEMO_METHODS)
     assert {(c.data.dataset, c.method.name, c.seed) for c in configs} == {
         (d, m, s) for d in ("mnist5k", "digits") for m in DEMO_METHODS for s in (0, 1)}
+    assert {(c.data.dataset, c.data.n_per_class) for c in configs} == {("mnist5k", 20), ("digits", 10)}
     assert all(c.model.backbone == "efficientnet_lite0" and c.model.pretrained for c in configs)
 
 
 def test_demo_writes_and_prints_the_error_table(tmp_path, capsys):
-    tiny = ["model.backbone=resnet18", "model.pretrained=false", "data.n_per_class=3", "data.resolution=32", "optim.epochs=1"]
+    tiny = ["model.backbone=resnet18", "model.pretrained=false", "data.resolution=32", "optim.epochs=1"]
     run_demo(str(tmp_path / "runs"), str(tmp_path / "out"), overrides=tiny, progress=False,
-             datasets=("digits",), methods=("linear_probe", "finetune"))
+             datasets=(("digits", 3),), methods=("linear_probe", "finetune"))
     table = pd.read_csv(tmp_path / "out" / "error_table.csv")
     assert list(table.columns) == ["method", "dataset", "top1_err", "top1_err_std", "seeds"]
     assert table["method"].tolist() == ["linear_probe", "finetune"] and set(table["dataset"]) == {"digits"}
