@@ -78,12 +78,13 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", default="results/demo", help="table folder (default: results/demo)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (default: 0)")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-epoch lines")
 
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.runs_root, args.out, seeds=args.seeds, force=args.force)
+    run_demo(args.runs_root, args.out, seeds=args.seeds, force=args.force, progress=not args.no_progress)
     return 0
 
 
