@@ -28,3 +28,12 @@ table: $(STAMP)
 
 clean-runs:
 	rm -rf runs
+
+# Paper-scale study on your own GPU machine (data prepared with `python -m adafilter_lib prepare NAME`).
+# `make reproduce ARGS=--dry-run` prints the plan; `ARGS="--shard 2/4"` runs one shard of four.
+PAPER_DATASETS ?= stanford_dogs mit_indoor67 caltech256_30 caltech256_60 fgvc_aircraft ucf101 omniglot_decathlon
+PAPER_METHODS ?= finetune linear_probe l2sp adafilter adafilter_random
+SEEDS ?= 0 1 2
+.PHONY: reproduce
+reproduce: $(STAMP)
+	$(PY) -m adafilter_lib sweep --datasets $(PAPER_DATASETS) --methods $(PAPER_METHODS) --seeds $(SEEDS) $(ARGS)

@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import Optional
 
+from . import cli_paper
 from .errors import KitError
 
 EXAMPLES = """examples:
@@ -130,11 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table(sub)
     _add_demo(sub)
     _add_bench(sub)
+    cli_paper.add_parsers(sub)
     sub.add_parser("list", help="list the dataset, method and backbone names")
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "list": _cmd_list}
+COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "list": _cmd_list,
+            **cli_paper.COMMANDS}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from ..errors import unknown_name
-from . import offline, paper
+from . import decathlon, offline, paper
 from .folder import load_folder_pool
 from .splits import Pool, carve_train_val
 from .transforms import check_preset, eval_transform, train_transform
@@ -69,6 +69,10 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
                 "Stanford Dogs (official archive under root/stanford_dogs); official train / test lists"),
     DatasetSpec("mit_indoor67", 67, paper.load_mit_indoor67, "standard", True, False,
                 "MIT Indoor-67 (official archive under root/mit_indoor67); official train / test lists"),
+    DatasetSpec("ucf101", 101, decathlon.load_ucf101, "standard", True, False,
+                "UCF-101 dynamic images (Visual Decathlon archives under root/decathlon); official train / val"),
+    DatasetSpec("omniglot_decathlon", 1623, decathlon.load_omniglot_decathlon, "light", False, False,
+                "Omniglot as in the Visual Decathlon (archives under root/decathlon); official train / val"),
     DatasetSpec("uc_merced", 21, paper.load_uc_merced, "standard", True, False,
                 "UC Merced Land Use (archive under root/UCMerced_LandUse); fixed 80/20 split"),
 ]}

@@ -1,0 +1,126 @@
+"""Paper-scale path up to the network boundary: configs, prepare, and the sweep on stand-in folder data."""
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from adafilter_lib import runs
+from adafilter_lib.cli import main
+from adafilter_lib.config import load_config
+from adafilter_lib.data import dataset_names
+from adafilter_lib.errors import KitError
+from adafilter_lib.prepare import ARCHIVE_SETS, prepare
+from adafilter_lib.sweep import parse_shard, plan, reduction_line, run_sweep, shard, status
+from adafilter_lib.trainer import fit
+
+PAPER_CONFIGS = sorted(Path("configs/paper").glob("*.yaml"))
+
+
+def test_every_paper_config_loads_and_names_a_registered_dataset():
+    assert len(PAPER_CONFIGS) == 9
+    for path in PAPER_CONFIGS:
+        cfg = load_config(path)
+        assert cfg.data.dataset == path.stem and cfg.data.dataset in dataset_names()
+        assert cfg.model.backbone == "resnet50" and cfg.data.resolution == 224
+        assert f"prepare {path.stem}" in path.read_text().splitlines()[4]  # the header says how to get the data
+
+
+def test_prepare_without_the_archive_says_where_to_get_it_and_writes_nothing(tmp_path, capsys):
+    assert main(["prepare", "stanford_dogs", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "http://vision.stanford.edu/aditya86/ImageNetDogs/images.tar" in err and str(tmp_path) in err
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_prepare_rejects_an_archive_with_the_wrong_checksum(tmp_path):
+    for archive in ARCHIVE_SETS["stanford_dogs"].archives:
+        (tmp_path / archive.file).write_bytes(b"not the real archive")
+    with pytest.raises(KitError, match="SHA-256"):
+        prepare("stanford_dogs", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.tar", "lists.tar"]
+
+
+def _png(rng) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_prepare_unpacks_an_archive_set_and_writes_its_split_list(tmp_path):
+    rng = np.random.default_rng(0)
+    with tarfile.open(tmp_path / "indoorCVPR_09.tar", "w") as tar:
+        for cls in ("bar", "kitchen"):
+            for i in range(3):
+                data = _png(rng)
+                info = tarfile.TarInfo(f"Images/{cls}/{i}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "TrainImages.txt").write_text("bar/0.png\nbar/1.png\nkitchen/0.png\nkitchen/1.png\n")
+    (tmp_path / "TestImages.txt").write_text("bar/2.png\nkitchen/2.png\n")
+    out = prepare("mit_indoor67", tmp_path)
+    table = pd.read_csv(out)
+    assert out == tmp_path / "splits" / "mit_indoor67.csv"
+    assert table["split"].value_counts().to_dict() == {"train": 4, "test": 2}
+    assert sorted(table["label"].unique()) == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """A folder dataset with 3 classes of 10 noise images, and the tiny training overrides."""
+    root = tmp_path_factory.mktemp("standin")
+    rng = np.random.default_rng(1)
+    for cls in ("a", "b", "c"):
+        (root / cls).mkdir()
+        for i in range(10):
+            (root / cls / f"{i}.png").write_bytes(_png(rng))
+    tiny = ["data.resolution=32", "data.batch_size=4", "data.val_fraction=0.25", "model.backbone=resnet18",
+            "model.pretrained=false", "optim.epochs=2"]
+    return f"folder:{root}", tiny
+
+
+def test_shards_cover_the_grid_exactly_once(standin, tmp_path):
+    dataset, tiny = standin
+    grid = plan([dataset, "digits"], ["finetune", "linear_probe", "adafilter"], [0, 1, 2], str(tmp_path), overrides=tiny)
+    names = [c.resolved_run_name() for c in grid]
+    parts = [[c.resolved_run_name() for c in shard(grid, i, 3)] for i in (1, 2, 3)]
+    assert sorted(sum(parts, [])) == sorted(names) and len(set(sum(parts, []))) == len(names) == 18
+    assert parse_shard("2/3") == (2, 3)
+    with pytest.raises(KitError):
+        parse_shard("4/3")
+
+
+def test_sweep_builds_the_table_is_idempotent_and_resumes(standin, tmp_path, capsys):
+    dataset, tiny = standin
+    grid = plan([dataset], ["linear_probe", "finetune"], [0, 1], str(tmp_path / "runs"), overrides=tiny)
+    killed = grid[0]
+
+    def kill(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(killed, progress=False, on_epoch_end=kill)
+    assert status(killed) == "unfinished"
+
+    table = run_sweep(grid, str(tmp_path / "out"), progress=False, method_order=["linear_probe", "finetune"])
+    assert all(status(c) == "finished" for c in grid)
+    assert table["seeds"].tolist() == [2, 2] and table["method"].tolist() == ["linear_probe", "finetune"]
+    assert len(runs.read_jsonl(killed.run_dir() / "metrics.jsonl")) == 2  # resumed, not restarted twice
+    stamps = {c.resolved_run_name(): (c.run_dir() / "summary.json").stat().st_mtime_ns for c in grid}
+    again = run_sweep(grid, str(tmp_path / "out"), progress=False, method_order=["linear_probe", "finetune"])
+    assert again.equals(table)
+    assert stamps == {c.resolved_run_name(): (c.run_dir() / "summary.json").stat().st_mtime_ns for c in grid}
+    assert (tmp_path / "out" / "error_table.csv").exists()
+    assert "paper" in reduction_line(table)
+
+
+def test_dry_run_prints_the_plan_without_training(standin, tmp_path, capsys):
+    dataset, tiny = standin
+    grid = plan(["stanford_dogs", dataset], ["finetune"], [0], str(tmp_path), overrides=tiny)
+    assert run_sweep(grid, str(tmp_path / "out"), dry_run=True) is None
+    out = capsys.readouterr().out
+    assert "to do" in out and "stanford_dogs__finetune" in out and "bench" in out
+    assert not any(tmp_path.glob("*__*"))
