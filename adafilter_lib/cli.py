@@ -80,12 +80,14 @@ def _add_demo(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (default: 0)")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-epoch lines")
+    p.add_argument("--methods", nargs="+", help="only these methods (default: all demo methods)")
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import DEMO_METHODS, run_demo
 
-    run_demo(args.runs_root, args.out, seeds=args.seeds, force=args.force, progress=not args.no_progress)
+    run_demo(args.runs_root, args.out, seeds=args.seeds, force=args.force, progress=not args.no_progress,
+             methods=args.methods or DEMO_METHODS)
     return 0
 
 
