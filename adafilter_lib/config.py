@@ -76,10 +76,61 @@ class AdaFilterConfig:
 
 
 @dataclass
+class FinePruningConfig:
+    granularity: str = "stage"        # one pruning fraction per "stage" (few BO dimensions) or per "layer"
+    sampler: str = "gp"               # Optuna sampler: "gp" (Gaussian process) or "tpe"
+    startup_trials: int = 4           # random trials per round before the sampler models the objective
+    rounds: int = 3                   # BO rounds; each proposes fractions, the best is fine-tuned with masks
+    trials: int = 8                   # trials per round
+    warmup_epochs: int = 2            # dense fine-tuning before the first round (the head must learn first)
+    trial_epochs: int = 1             # brief fine-tuning of each trial before it is scored on validation
+    round_epochs: int = 2             # fine-tuning of the round's best proposal, with masks
+    final_epochs: int = 4             # masked fine-tuning after the last round (best epoch picked on validation)
+    lam: float = 0.1                  # objective = val_accuracy + lam * compression_term
+    compression_term: str = "log10"  # "log10" (log10 of the compression) or "sparsity" (zero fraction)
+    max_sparsity: float = 0.98        # upper bound of every searched fraction
+    splice: bool = False              # recompute masks from the dense weights during fine-tuning (pruned weights can return)
+    splice_every: int = 10            # optimizer steps between mask recomputations when splicing
+    target_sparsity: Optional[float] = None  # prune_after_finetune: None = the sparsity of the matching fine_pruning run
+
+
+@dataclass
+class SpotTuneConfig:
+    temperature: float = 5.0          # Gumbel-softmax temperature (official code: 5)
+    policy_lr: float = 0.01           # learning rate of the policy network
+    policy_width: int = 16            # channels of the policy network's first stage (doubled per stage)
+    eval_policy: str = "argmax"       # "argmax" (deterministic) or "sample" (hard Gumbel sample, as the official code)
+
+
+@dataclass
+class DeltaConfig:
+    alpha: float = 0.01               # weight of the attention-weighted feature-map distance
+    beta: float = 0.01                # plain L2 on the new head
+    attention: str = "loss"           # "loss" (channel weights from the loss increase when a channel is dropped) or "uniform"
+    attention_images: int = 64        # training images used to estimate the channel attention
+
+
+@dataclass
+class BSSConfig:
+    k: int = 1                        # number of smallest singular values penalized
+    eta: float = 0.001                # weight of the penalty
+
+
+@dataclass
+class WiseFTConfig:
+    alpha: float = 0.5                # a in (1 - a) * w_pretrained + a * w_finetuned
+
+
+@dataclass
 class MethodConfig:
     name: str = "finetune"
     l2sp: L2SPConfig = field(default_factory=L2SPConfig)
     adafilter: AdaFilterConfig = field(default_factory=AdaFilterConfig)
+    fine_pruning: FinePruningConfig = field(default_factory=FinePruningConfig)
+    spottune: SpotTuneConfig = field(default_factory=SpotTuneConfig)
+    delta: DeltaConfig = field(default_factory=DeltaConfig)
+    bss: BSSConfig = field(default_factory=BSSConfig)
+    wise_ft: WiseFTConfig = field(default_factory=WiseFTConfig)
 
 
 @dataclass
@@ -206,6 +257,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got '{cfg.device}'"),
         (cfg.method.l2sp.alpha >= 0 and cfg.method.l2sp.beta >= 0, "method.l2sp.alpha and beta must be 0 or more"),
         *_adafilter_checks(cfg.method.adafilter),
+        *_baseline_checks(cfg.method),
     ]
     for ok, message in checks:
         if not ok:
@@ -226,6 +278,28 @@ def _adafilter_checks(a: AdaFilterConfig) -> list[tuple[bool, str]]:
         (a.hidden >= 1, "method.adafilter.hidden must be at least 1"),
         (a.gate_lr > 0, "method.adafilter.gate_lr must be positive"),
         (a.usage_penalty >= 0 and 0 <= a.usage_target <= 1, "method.adafilter.usage_penalty must be >= 0 and usage_target in [0, 1]"),
+    ]
+
+
+
+def _baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
+    """Value checks of the Fine-Pruning, SpotTune, DELTA, BSS and WiSE-FT options."""
+    fp, st = m.fine_pruning, m.spottune
+    return [
+        (fp.granularity in ("stage", "layer"), f"method.fine_pruning.granularity must be 'stage' or 'layer'; got '{fp.granularity}'"),
+        (fp.sampler in ("gp", "tpe"), f"method.fine_pruning.sampler must be 'gp' or 'tpe'; got '{fp.sampler}'"),
+        (fp.compression_term in ("log10", "sparsity"), f"method.fine_pruning.compression_term must be 'log10' or 'sparsity'; got '{fp.compression_term}'"),
+        (fp.rounds >= 1 and fp.trials >= 1 and fp.startup_trials >= 0, "method.fine_pruning.rounds and trials must be at least 1, startup_trials 0 or more"),
+        (min(fp.warmup_epochs, fp.trial_epochs, fp.round_epochs) >= 0 and fp.final_epochs >= 1, "method.fine_pruning epochs must be 0 or more (final_epochs at least 1)"),
+        (0.0 < fp.max_sparsity < 1.0, "method.fine_pruning.max_sparsity must lie strictly between 0 and 1"),
+        (fp.lam >= 0 and fp.splice_every >= 1, "method.fine_pruning.lam must be 0 or more and splice_every at least 1"),
+        (fp.target_sparsity is None or 0.0 <= fp.target_sparsity < 1.0, "method.fine_pruning.target_sparsity must lie in [0, 1) or be null"),
+        (st.temperature > 0 and st.policy_lr > 0 and st.policy_width >= 1, "method.spottune.temperature, policy_lr and policy_width must be positive"),
+        (st.eval_policy in ("argmax", "sample"), f"method.spottune.eval_policy must be 'argmax' or 'sample'; got '{st.eval_policy}'"),
+        (m.delta.alpha >= 0 and m.delta.beta >= 0 and m.delta.attention_images >= 1, "method.delta.alpha and beta must be 0 or more, attention_images at least 1"),
+        (m.delta.attention in ("loss", "uniform"), f"method.delta.attention must be 'loss' or 'uniform'; got '{m.delta.attention}'"),
+        (m.bss.k >= 1 and m.bss.eta >= 0, "method.bss.k must be at least 1 and eta 0 or more"),
+        (0.0 <= m.wise_ft.alpha <= 1.0, "method.wise_ft.alpha must lie in [0, 1]"),
     ]
 
 
