@@ -11,9 +11,8 @@ from ..config import RunConfig
 from ..errors import unknown_name
 from .adafilter import ADAFILTER_METHODS, AdaFilter
 from .base import L2SP, LinearProbe, Method, Scratch
-from .fine_pruning import PRUNING_METHODS
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Method, LinearProbe, L2SP, Scratch, *ADAFILTER_METHODS, *PRUNING_METHODS)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Method, LinearProbe, L2SP, Scratch, *ADAFILTER_METHODS)}
 
 
 def method_names() -> list[str]:
