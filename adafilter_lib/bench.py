@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -91,7 +89,7 @@ def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmu
         **{f"{k}_median_s": v for k, v in med.items()},
         "train_step_ratio": med["train_adafilter"] / med["train_finetune"],
         "eval_step_ratio": med["eval_adafilter"] / med["eval_finetune"],
-        "command": command or "python -m adafilter_lib bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        "command": command,
     }
     if out_dir is not None:
         tag = "cuda" if dev.type == "cuda" else "cpu"

@@ -108,8 +108,11 @@ def _cmd_bench(args) -> int:
     from .model import backbone_spec
 
     backbone_spec(args.backbone)  # unknown names fail here, with the valid ones listed
+    command = (f"python -m adafilter_lib bench --backbone {args.backbone} --res {args.res} --batch {args.batch} "
+               f"--steps {args.steps} --warmup {args.warmup} --device {args.device}"
+               + (" --no-channels-last" if args.no_channels_last else ""))
     result = run_bench(args.backbone, args.res, args.batch, args.steps, args.warmup, args.device,
-                       channels_last=not args.no_channels_last, out_dir=args.out)
+                       channels_last=not args.no_channels_last, out_dir=args.out, command=command)
     print(format_bench(result))
     return 0
 
