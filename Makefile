@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lab table clean-runs
+.PHONY: install demo test lab table clean-runs clean-notebooks
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 table: $(STAMP)
 	$(PY) -m adafilter_lib table --runs runs --out results/tables
@@ -37,3 +37,9 @@ SEEDS ?= 0 1 2
 .PHONY: reproduce
 reproduce: $(STAMP)
 	$(PY) -m adafilter_lib sweep --datasets $(PAPER_DATASETS) --methods $(PAPER_METHODS) --seeds $(SEEDS) $(ARGS)
+
+# Notebooks are committed without outputs or saved widget state (tests/test_notebooks.py checks it).
+clean-notebooks: $(STAMP)
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace --ClearMetadataPreprocessor.enabled=True \
+		--ClearMetadataPreprocessor.clear_cell_metadata=False --ClearMetadataPreprocessor.preserve_nb_metadata_mask=kernelspec \
+		--ClearMetadataPreprocessor.preserve_nb_metadata_mask=language_info notebooks/*.ipynb

@@ -1,0 +1,273 @@
+"""Figures from tidy DataFrames (the frames of :mod:`adafilter_lib.records` and :mod:`adafilter_lib.results`).
+
+Every function takes a DataFrame (or, for one image, arrays) and returns a ``matplotlib.figure.Figure``
+built without pyplot: nothing is drawn into a global figure list, so a notebook shows a figure only
+when it displays the return value, and a widget can render hundreds of them without leaking memory.
+:func:`save_figure` writes one atomically (``results/figures/`` in the notebooks).
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .errors import KitError
+from .runs import atomic_write_bytes
+
+GATE_CMAP = "viridis"  # 0 = pretrained filter (dark), 1 = fine-tuned filter (bright)
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KitError(f"{what} needs columns {', '.join(columns)}; missing: {', '.join(missing)}")
+    if frame.empty:
+        raise KitError(f"{what} got an empty table; train or select some runs first")
+
+
+def _one_run(frame: pd.DataFrame, what: str) -> None:
+    if "run_dir" in frame.columns and frame["run_dir"].nunique() > 1:
+        raise KitError(f"{what} shows one run; filter the table first, e.g. frame[frame.run_dir == frame.run_dir.iloc[0]]")
+
+
+def _layer_ticks(ax: Axes, names: Sequence[str], axis: str = "x") -> None:
+    """Layer names as tick labels; small, since a Lite0 has ~50 gated layers."""
+    positions = np.arange(len(names)) + (0.5 if axis.endswith("heat") else 0.0)
+    if axis.startswith("x"):
+        ax.set_xticks(positions, names, rotation=90, fontsize=6)
+    else:
+        ax.set_yticks(positions, names, rotation=0, fontsize=6)
+
+
+def training_curves(curves: pd.DataFrame, metric: str = "top1_err", hue: str = "method") -> Figure:
+    """Train (dashed) and validation (solid) curves per epoch, one panel per dataset.
+
+    Args:
+        curves: :func:`adafilter_lib.records.curves` output (``dataset, epoch, split, <metric>, <hue>``).
+        metric: the value column.
+        hue: column that colours the lines (e.g. ``method``); seeds of one colour form a mean line with
+            a ±1 std band.
+    """
+    _require(curves, ["dataset", "epoch", "split", metric, hue], "training_curves")
+    datasets = sorted(curves["dataset"].unique())
+    fig = Figure(figsize=(4.5 * len(datasets) + 1.5, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    order = list(dict.fromkeys(curves[hue]))
+    for i, (ax, dataset) in enumerate(zip(axes, datasets)):
+        sns.lineplot(data=curves[curves["dataset"] == dataset], x="epoch", y=metric, hue=hue, hue_order=order,
+                     style="split", style_order=["val", "train"], dashes={"val": "", "train": (4, 2)},
+                     errorbar="sd", marker="o", markersize=3, ax=ax, legend=i == len(datasets) - 1)
+        ax.set_title(dataset)
+        ax.set_ylabel({"top1_err": "top-1 error (%)", "loss": "loss"}.get(metric, metric))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # one legend, outside the data
+    return fig
+
+
+def _run_label(row: pd.Series) -> str:
+    return f"{row['dataset']} · {row['method']} · s{row['seed']}"
+
+
+def layer_usage(usage: pd.DataFrame) -> Figure:
+    """Per-layer fraction of fine-tuned filters with its spread across images (±1 std band), one line per run.
+
+    Args:
+        usage: :func:`adafilter_lib.records.load_gate_usage` output; only ``group == "all"`` rows are used.
+    """
+    _require(usage, ["run_dir", "dataset", "method", "seed", "layer", "layer_index", "group", "frac_finetuned", "frac_std"],
+             "layer_usage")
+    rows = usage[usage["group"] == "all"].sort_values("layer_index")
+    fig = Figure(figsize=(max(6.0, 0.16 * rows["layer_index"].nunique() + 2), 3.6), layout="constrained")
+    ax = fig.subplots()
+    for _, run in rows.groupby("run_dir", sort=False):
+        x, y, spread = run["layer_index"].to_numpy(), run["frac_finetuned"].to_numpy(), run["frac_std"].to_numpy()
+        (line,) = ax.plot(x, y, marker="o", markersize=3, label=_run_label(run.iloc[0]))
+        ax.fill_between(x, y - spread, y + spread, color=line.get_color(), alpha=0.2)
+    _layer_ticks(ax, rows.drop_duplicates("layer_index")["layer"].tolist())
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("fraction fine-tuned")
+    ax.set_title("Fine-tuned filters per layer (test split; band: ±1 std across images)", fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def layer_class_heatmap(usage: pd.DataFrame) -> Figure:
+    """Class x layer heatmap of the fraction of fine-tuned filters for one run.
+
+    Args:
+        usage: one run's rows of :func:`adafilter_lib.records.load_gate_usage` (class rows are those with
+            ``group != "all"``).
+    """
+    _require(usage, ["layer", "layer_index", "group", "frac_finetuned"], "layer_class_heatmap")
+    _one_run(usage, "layer_class_heatmap")
+    classes = usage[usage["group"] != "all"]
+    grid = classes.pivot(index="group", columns="layer_index", values="frac_finetuned")
+    grid = grid.reindex(index=list(dict.fromkeys(classes["group"])))  # the dataset's class order
+    names = classes.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
+    fig = Figure(figsize=(max(6.0, 0.18 * len(names) + 2), max(2.5, 0.25 * len(grid) + 1.5)), layout="constrained")
+    ax = fig.subplots()
+    sns.heatmap(grid, ax=ax, cmap=GATE_CMAP, vmin=0.0, vmax=1.0, cbar_kws={"label": "fraction fine-tuned"})
+    _layer_ticks(ax, names, axis="xheat")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("class")
+    ax.set_title("Fine-tuned filters by class and layer (test split)")
+    return fig
+
+
+def filter_frequency(frequency: pd.DataFrame) -> Figure:
+    """Per-filter selection frequency: one dot per filter, one column per layer.
+
+    A filter at 0 or 1 makes the same choice for every image; dots in between are filters whose
+    choice depends on the image (per-example selection).
+
+    Args:
+        frequency: :func:`adafilter_lib.records.filter_frequency` output (``layer, layer_index, frequency``).
+    """
+    _require(frequency, ["layer", "layer_index", "frequency"], "filter_frequency")
+    names = frequency.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
+    fig = Figure(figsize=(max(6.0, 0.18 * len(names) + 2), 3.6), layout="constrained")
+    ax = fig.subplots()
+    sns.stripplot(data=frequency, x="layer_index", y="frequency", order=range(len(names)), size=2, alpha=0.5,
+                  jitter=0.3, native_scale=False, legend=False, ax=ax)
+    _layer_ticks(ax, names)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("chose fine-tuned (fraction of images)")
+    ax.set_title("Per-filter selection frequency (test split)")
+    return fig
+
+
+def usage_over_epochs(usage: pd.DataFrame) -> Figure:
+    """Layer x epoch heatmap of the validation fraction of fine-tuned filters for one run.
+
+    Args:
+        usage: one run's rows of :func:`adafilter_lib.records.usage_over_epochs`.
+    """
+    _require(usage, ["epoch", "layer", "layer_index", "frac_finetuned"], "usage_over_epochs")
+    _one_run(usage, "usage_over_epochs")
+    grid = usage.pivot(index="layer_index", columns="epoch", values="frac_finetuned").sort_index()
+    names = usage.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
+    fig = Figure(figsize=(max(4.0, 0.5 * grid.shape[1] + 2.5), max(3.0, 0.14 * len(names) + 1.5)), layout="constrained")
+    ax = fig.subplots()
+    sns.heatmap(grid, ax=ax, cmap=GATE_CMAP, vmin=0.0, vmax=1.0, cbar_kws={"label": "fraction fine-tuned"})
+    _layer_ticks(ax, names, axis="yheat")
+    ax.set_ylabel("layer")
+    ax.set_title("Fine-tuned filters per layer over epochs (validation)")
+    return fig
+
+
+def error_bars(table: pd.DataFrame, metric: str = "top1_err") -> Figure:
+    """Grouped bars of an error table: datasets on x, one bar per method, ±1 std over seeds.
+
+    Args:
+        table: :func:`adafilter_lib.results.error_table` output (``method, dataset, <metric>, <metric>_std``).
+    """
+    _require(table, ["method", "dataset", metric, f"{metric}_std"], "error_bars")
+    methods, datasets = list(dict.fromkeys(table["method"])), sorted(table["dataset"].unique())
+    width = 0.8 / len(methods)
+    fig = Figure(figsize=(max(5.0, 1.2 * len(datasets) * max(len(methods), 3) / 3 + 2), 3.6), layout="constrained")
+    ax = fig.subplots()
+    for i, method in enumerate(methods):
+        rows = table[table["method"] == method].set_index("dataset").reindex(datasets)
+        x = np.arange(len(datasets)) + (i - (len(methods) - 1) / 2) * width
+        # A one-seed cell has no std (NaN): matplotlib then draws no error bar, rather than a 0-wide one.
+        ax.bar(x, rows[metric], width, yerr=rows[f"{metric}_std"], capsize=3, label=method)
+    ax.set_xticks(np.arange(len(datasets)), datasets)
+    ax.set_ylabel("top-1 test error (%)" if metric == "top1_err" else metric)
+    seeds = sorted(set(int(n) for n in table["seeds"])) if "seeds" in table.columns else []
+    shown = "" if not seeds else f" ({seeds[0]}{'' if len(seeds) == 1 else f'–{seeds[-1]}'} per bar)"
+    ax.set_title(f"Test error, mean ± std over seeds{shown}", fontsize=10)
+    ax.legend(fontsize=7, ncols=min(len(methods), 3))
+    return fig
+
+
+def image_profile(profile: pd.DataFrame, ax: Optional[Axes] = None) -> Figure:
+    """Per-layer fraction of fine-tuned filters: one image against its class and the dataset averages.
+
+    Args:
+        profile: :func:`adafilter_lib.records.image_profile` output (``layer_index, series, frac_finetuned``).
+        ax: draw into this axes (of a larger figure) instead of a new figure.
+    """
+    _require(profile, ["layer_index", "series", "frac_finetuned"], "image_profile")
+    if ax is None:
+        ax = Figure(figsize=(6.0, 3.2), layout="constrained").subplots()
+    styles = {"this image": dict(lw=2.0, marker="o", ms=3), "class average": dict(lw=1.2, ls="--"),
+              "dataset average": dict(lw=1.2, ls=":", color="gray")}
+    for series, rows in profile.groupby("series", sort=False):
+        ax.plot(rows["layer_index"], rows["frac_finetuned"], label=series, **styles.get(series, {}))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("layer (execution order)")
+    ax.set_ylabel("fraction fine-tuned")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def gate_grid(gates: np.ndarray) -> np.ndarray:
+    """Lay a layer's C_out gates out row by row on a near-square grid (NaN pads the last row).
+
+    Shape:
+        gates (C_out,) -> (ceil(C_out / W), W) with ``W = ceil(sqrt(C_out))``.
+    """
+    gates = np.asarray(gates, dtype=float).ravel()
+    width = max(1, math.ceil(math.sqrt(gates.size)))
+    grid = np.full(math.ceil(gates.size / width) * width, np.nan)
+    grid[: gates.size] = gates
+    return grid.reshape(-1, width)
+
+
+def gate_map(gates: np.ndarray, layer: str = "", ax: Optional[Axes] = None) -> Figure:
+    """One image's gates of one layer as a grid of cells (filter ``i`` at row ``i // W``, column ``i % W``).
+
+    Args:
+        gates: (C_out,) gate per filter, 1 = fine-tuned.
+        layer: the layer's name, for the title.
+        ax: draw into this axes instead of a new figure.
+    """
+    if ax is None:
+        ax = Figure(figsize=(3.6, 3.4), layout="constrained").subplots()
+    grid = gate_grid(gates)
+    ax.imshow(grid, cmap=GATE_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("bright: fine-tuned filter · dark: pretrained", fontsize=7)
+    ax.set_title(f"{layer}: {np.nansum(grid):.0f}/{np.asarray(gates).size} fine-tuned", fontsize=9)
+    return ax.figure
+
+
+def inspector_figure(image: np.ndarray, title: str, profile: pd.DataFrame, gates: np.ndarray, layer: str) -> Figure:
+    """The gate inspector's panel: the image, its per-layer profile, and its gate map for ``layer``.
+
+    Shape:
+        image (H, W, 3) floats in [0, 1]; gates (C_out,).
+    """
+    fig = Figure(figsize=(11.0, 3.2), layout="constrained")
+    left, middle, right = fig.subplots(1, 3, width_ratios=[1.0, 2.2, 1.1])
+    left.imshow(np.clip(image, 0.0, 1.0), interpolation="nearest")
+    left.set_axis_off()
+    left.set_title(title, fontsize=9)
+    image_profile(profile, ax=middle)
+    middle.set_title("fine-tuned filters per layer", fontsize=9)
+    gate_map(gates, layer, ax=right)
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure rendered as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (folders created); returns the path."""
+    path = Path(path)
+    atomic_write_bytes(path, figure_png(fig, dpi))
+    return path

@@ -1,0 +1,103 @@
+"""records: fake run directories with known numbers -> exact tidy frames."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from adafilter_lib import records
+from adafilter_lib.errors import KitError
+from adafilter_lib.gates import GateRecord, save_gate_record
+
+
+def make_run(root, name, method="adafilter", dataset="digits", seed=0, epochs=2, gated=True):
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = {"data": {"dataset": dataset, "n_per_class": 4}, "model": {"backbone": "resnet18"},
+           "method": {"name": method}, "seed": seed}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "summary.json").write_text(json.dumps({"top1_err": 10.0 + seed}))
+    lines = []
+    for epoch in range(epochs):
+        record = {"epoch": epoch, "train_loss": 2.0 - epoch, "train_top1_err": 50.0 - epoch, "val_loss": 3.0 - epoch,
+                  "val_top1_err": 60.0 - 10 * epoch}
+        if gated:
+            record.update(val_frac_finetuned=0.5, val_frac_by_layer={"l1": 0.1 * (epoch + 1), "l2": 0.2 * (epoch + 1)})
+        lines.append(json.dumps(record))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if gated:
+        save_gate_record(run, {"l1": np.array([[1.0, 0.0], [1.0, 1.0]]), "l2": np.array([[0.0], [1.0]])},
+                         np.array([0, 1]), np.array([0, 0]), np.array([0.1, 0.9]), ["0", "1"])
+        usage = pd.DataFrame({"layer": ["l1", "l1", "l1"], "layer_index": 0, "num_filters": 2, "group": ["all", "0", "1"],
+                              "frac_finetuned": [0.75, 0.5, 1.0], "frac_std": [0.25, np.nan, np.nan], "images": [2, 1, 1]})
+        usage.to_csv(run / "gate_usage.csv", index=False)
+    return run
+
+
+@pytest.fixture
+def root(tmp_path):
+    make_run(tmp_path, "a_ada")
+    make_run(tmp_path, "b_ft", method="finetune", gated=False, epochs=3)
+    make_run(tmp_path, "c_unfinished.partial")
+    return tmp_path
+
+
+def test_load_metrics_one_row_per_run_and_epoch(root):
+    metrics = records.load_metrics(root)
+    assert len(metrics) == 2 + 3
+    assert list(metrics.columns[:6]) == records.ID_COLUMNS + ["epoch"]
+    ft = metrics[metrics.method == "finetune"]
+    assert ft["epoch"].tolist() == [1, 2, 3] and ft["val_top1_err"].tolist() == [60.0, 50.0, 40.0]
+    assert "val_frac_by_layer" not in metrics.columns  # dicts stay out of the scalar table
+    assert metrics.loc[metrics.method == "finetune", "val_frac_finetuned"].isna().all()
+
+
+def test_curves_long_form(root):
+    long = records.curves(records.load_metrics(root), "loss")
+    ada = long[long.method == "adafilter"]
+    assert ada[["split", "epoch", "loss"]].values.tolist() == [["train", 1, 2.0], ["train", 2, 1.0], ["val", 1, 3.0], ["val", 2, 2.0]]
+    with pytest.raises(KitError, match="train_nope"):
+        records.curves(records.load_metrics(root), "nope")
+
+
+def test_usage_over_epochs_from_val_frac_by_layer(root):
+    usage = records.usage_over_epochs(root)
+    assert set(usage.method) == {"adafilter"}  # the fine-tuning run has no gates
+    assert usage[["epoch", "layer", "layer_index"]].values.tolist() == [[1, "l1", 0], [1, "l2", 1], [2, "l1", 0], [2, "l2", 1]]
+    np.testing.assert_allclose(usage.frac_finetuned, [0.1, 0.2, 0.2, 0.4])
+
+
+def test_gate_usage_keeps_class_names_as_strings(root):
+    usage = records.load_gate_usage(root)
+    assert usage.group.tolist() == ["all", "0", "1"] and usage.run_dir.map(lambda d: d.endswith("a_ada")).all()
+    assert usage.frac_std.isna().tolist() == [False, True, True]
+    with pytest.raises(KitError, match="gate_usage.csv"):
+        records.load_gate_usage(records.as_runs(root).query("method == 'finetune'"))
+
+
+def test_filter_frequency_and_image_profile():
+    record = GateRecord({"l1": np.array([[1.0, 0.0], [1.0, 1.0]]), "l2": np.array([[0.0], [1.0]])}, pd.DataFrame(), ["0", "1"])
+    freq = records.filter_frequency(record)
+    assert freq[["layer", "layer_index", "filter"]].values.tolist() == [["l1", 0, 0], ["l1", 0, 1], ["l2", 1, 0]]
+    np.testing.assert_allclose(freq.frequency, [1.0, 0.5, 0.5])
+    profile = records.image_profile(["l1", "l2"], np.array([0.5, 0.0]), np.array([0.6, 0.1]), np.array([0.75, 0.5]))
+    assert profile.series.unique().tolist() == ["this image", "class average", "dataset average"]
+    np.testing.assert_allclose(profile.frac_finetuned, [0.5, 0.0, 0.6, 0.1, 0.75, 0.5])
+
+
+def test_gated_runs_runs_of_and_find_run(root, tmp_path_factory):
+    assert [p.name for p in records.gated_runs(root)] == ["a_ada"]
+    assert records.runs_of([root / "b_ft", root / "c_unfinished", root / "missing"], root).method.tolist() == ["finetune"]
+    assert records.runs_of([root / "missing"], root).empty
+    assert records.find_run(root, method="finetune").run_dir.endswith("b_ft")
+    with pytest.raises(KitError, match="no runs match method=l2sp; runs found: a_ada, b_ft"):
+        records.find_run(root, method="l2sp")
+    with pytest.raises(KitError, match="2 runs match dataset=digits"):
+        records.find_run(root, dataset="digits")
+    empty = tmp_path_factory.mktemp("only_finetune")
+    make_run(empty, "ft", method="finetune", gated=False)
+    with pytest.raises(KitError, match="no finished AdaFilter run"):
+        records.gated_runs(empty)
