@@ -23,8 +23,10 @@ test: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# One study per runs folder: `make table RUNS=runs/my_study` (runs of different recipes do not average).
+RUNS ?= runs/demo
 table: $(STAMP)
-	$(PY) -m adafilter_lib table --runs runs --out results/tables
+	$(PY) -m adafilter_lib table --runs $(RUNS) --out results/tables
 
 clean-runs:
 	rm -rf runs
