@@ -9,6 +9,7 @@ import sys
 from typing import Optional
 
 from . import cli_paper
+from . import cli_pruning
 from .errors import KitError
 
 EXAMPLES = """examples:
@@ -137,12 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_bench(sub)
     cli_paper.add_parsers(sub)
+    cli_pruning.add_parsers(sub)
     sub.add_parser("list", help="list the dataset, method and backbone names")
     return parser
 
 
 COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "list": _cmd_list,
-            **cli_paper.COMMANDS}
+            **cli_paper.COMMANDS, **cli_pruning.COMMANDS}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -89,6 +89,8 @@ class FinePruningConfig:
     lam: float = 0.1                  # objective = val_accuracy + lam * compression_term
     compression_term: str = "log10"  # "log10" (log10 of the compression) or "sparsity" (zero fraction)
     max_sparsity: float = 0.98        # upper bound of every searched fraction
+    gradual: bool = True              # round r of R searches up to r/R of max_sparsity's log10 compression
+    min_layer_weights: int = 10000    # smaller layers (stems, small projections) are never pruned
     splice: bool = False              # recompute masks from the dense weights during fine-tuning (pruned weights can return)
     splice_every: int = 10            # optimizer steps between mask recomputations when splicing
     target_sparsity: Optional[float] = None  # prune_after_finetune: None = the sparsity of the matching fine_pruning run
@@ -292,7 +294,7 @@ def _baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
         (fp.rounds >= 1 and fp.trials >= 1 and fp.startup_trials >= 0, "method.fine_pruning.rounds and trials must be at least 1, startup_trials 0 or more"),
         (min(fp.warmup_epochs, fp.trial_epochs, fp.round_epochs) >= 0 and fp.final_epochs >= 1, "method.fine_pruning epochs must be 0 or more (final_epochs at least 1)"),
         (0.0 < fp.max_sparsity < 1.0, "method.fine_pruning.max_sparsity must lie strictly between 0 and 1"),
-        (fp.lam >= 0 and fp.splice_every >= 1, "method.fine_pruning.lam must be 0 or more and splice_every at least 1"),
+        (fp.lam >= 0 and fp.splice_every >= 1 and fp.min_layer_weights >= 0, "method.fine_pruning.lam and min_layer_weights must be 0 or more, splice_every at least 1"),
         (fp.target_sparsity is None or 0.0 <= fp.target_sparsity < 1.0, "method.fine_pruning.target_sparsity must lie in [0, 1) or be null"),
         (st.temperature > 0 and st.policy_lr > 0 and st.policy_width >= 1, "method.spottune.temperature, policy_lr and policy_width must be positive"),
         (st.eval_policy in ("argmax", "sample"), f"method.spottune.eval_policy must be 'argmax' or 'sample'; got '{st.eval_policy}'"),
