@@ -33,16 +33,17 @@ class GateRouter:
 
     def __init__(self, cfg: AdaFilterConfig, gate_net: RecurrentGateNet, names: list[str]):
         self.cfg, self.gate_net, self.names = cfg, gate_net, names
-        self.training = False
+        self.training = self.all_ones = False
         self.gates: dict[str, torch.Tensor] = {}
 
-    def begin(self, training: bool) -> None:
-        self.training, self.gates = training, {}
+    def begin(self, training: bool, all_ones: bool = False) -> None:
+        """Start one forward; ``all_ones`` overrides the gate mode with every gate 1 (gate warm-up)."""
+        self.training, self.gates, self.all_ones = training, {}, all_ones
         self.gate_net.reset()
 
     def gates_for(self, index: int, x: torch.Tensor, out_channels: int) -> torch.Tensor:
         """Gates (B, C_out) of gated layer ``index`` whose input is ``x`` (B, C_in, H, W)."""
-        mode, batch = self.cfg.gates, x.shape[0]
+        mode, batch = ("ones" if self.all_ones else self.cfg.gates), x.shape[0]
         if mode == "ones":
             gates = x.new_ones(batch, out_channels)
         elif mode == "zeros":
@@ -83,13 +84,16 @@ class AdaFilterModel(TransferModel):
         self.features, self.dropout, self.head = base.features, base.dropout, base.head
         self.gate_net = gate_net
         self.__dict__["router"] = router
+        if router.cfg.gate_warmup_epochs > 0:
+            # A buffer, so that a checkpoint taken during the warm-up evaluates with the gates it was trained with.
+            self.register_buffer("gate_warmup", torch.zeros((), dtype=torch.bool))
 
     @property
     def gated_layer_names(self) -> list[str]:
         return list(self.router.names)
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
-        self.router.begin(self.training)
+        self.router.begin(self.training, "gate_warmup" in self._buffers and bool(self.gate_warmup))
         pooled = self.features(images)  # gated sites fill router.gates in execution order
         return ModelOutput(self.head(self.dropout(pooled)), dict(self.router.gates))
 

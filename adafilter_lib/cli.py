@@ -10,6 +10,7 @@ from typing import Optional
 
 from . import cli_paper
 from . import cli_pruning
+from .cli_args import add_run_options, config_from_args
 from .errors import KitError
 
 EXAMPLES = """examples:
@@ -28,27 +29,13 @@ def _add_train(sub) -> None:
                        description="Train one run. Settings come from defaults, then --config, then the "
                                    "shortcut flags, then --set overrides (dotted keys, e.g. optim.lr=0.01).",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
-    p.add_argument("--config", help="YAML config file (see configs/)")
-    p.add_argument("--dataset", help="dataset name or folder:PATH (see `list`)")
-    p.add_argument("--method", help="method name (see `list`)")
-    p.add_argument("--backbone", help="backbone name (see `list`)")
-    p.add_argument("--epochs", type=int, help="number of training epochs")
-    p.add_argument("--seed", type=int, help="run seed (the data split uses data.split_seed)")
-    p.add_argument("--runs", dest="runs_root", help="folder that holds run directories (default: runs)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.01")
-    p.add_argument("--resume", action="store_true", help="continue an unfinished run from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="discard an existing run of the same name and start over")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_run_options(p)
 
 
 def _cmd_train(args) -> int:
-    from .config import load_config
     from .trainer import fit
 
-    shortcuts = {"data.dataset": args.dataset, "method.name": args.method, "model.backbone": args.backbone,
-                 "optim.epochs": args.epochs, "seed": args.seed, "runs_root": args.runs_root}
-    overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(args.set)
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args)
     summary = fit(cfg, resume=args.resume, force=args.force, progress=not args.no_progress)
     from . import distributed
 
@@ -82,13 +69,15 @@ def _add_demo(sub) -> None:
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-epoch lines")
     p.add_argument("--methods", nargs="+", help="only these methods (default: all demo methods)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run, e.g. method.adafilter.gate_bias_init=0.5 (use a separate --runs folder)")
 
 
 def _cmd_demo(args) -> int:
     from .demo import DEMO_METHODS, run_demo
 
     run_demo(args.runs_root, args.out, seeds=args.seeds, force=args.force, progress=not args.no_progress,
-             methods=args.methods or DEMO_METHODS)
+             methods=args.methods or DEMO_METHODS, overrides=args.set)
     return 0
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from .cli_args import add_run_options, config_from_args
+
 EXAMPLES = """examples:
   python -m adafilter_lib prune --config adafilter_lib/configs/demo.yaml --dataset digits --method fine_pruning
   python -m adafilter_lib prune --config adafilter_lib/configs/demo.yaml --dataset digits --method prune_after_finetune
@@ -22,25 +24,13 @@ def _add_prune(sub) -> None:
                        description="Run method fine_pruning or prune_after_finetune to a run directory. Settings as for "
                                    "`train` (defaults, --config, shortcut flags, --set); options under method.fine_pruning.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
-    p.add_argument("--config", help="YAML config file (see configs/)")
-    p.add_argument("--dataset", help="dataset name or folder:PATH (see `list`)")
-    p.add_argument("--method", default="fine_pruning", choices=["fine_pruning", "prune_after_finetune"])
-    p.add_argument("--backbone", help="backbone name (see `list`)")
-    p.add_argument("--seed", type=int, help="run seed")
-    p.add_argument("--runs", dest="runs_root", help="folder that holds run directories (default: runs)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. method.fine_pruning.lam=0.05")
-    p.add_argument("--resume", action="store_true", help="continue an unfinished run (finished rounds and trials are kept)")
-    p.add_argument("--force", action="store_true", help="discard an existing run of the same name and start over")
-    p.add_argument("--no-progress", action="store_true", help="hide per-epoch and per-round lines")
+    add_run_options(p, methods=["fine_pruning", "prune_after_finetune"], method_default="fine_pruning", epochs=False)
 
 
 def _cmd_prune(args) -> int:
-    from .config import load_config
     from .pruning_study import run_pruning
 
-    shortcuts = {"data.dataset": args.dataset, "method.name": args.method, "model.backbone": args.backbone,
-                 "seed": args.seed, "runs_root": args.runs_root}
-    cfg = load_config(args.config, [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(args.set))
+    cfg = config_from_args(args)
     summary = run_pruning(cfg, resume=args.resume, force=args.force, progress=not args.no_progress)
     print(f"{cfg.run_dir()}: top1_err {summary['top1_err']:.2f}% (test), compression {summary['compression']:.1f}x "
           f"(sparsity {100 * summary['sparsity']:.1f}%), {summary['nonzero_params']:,} nonzero parameters")

@@ -132,6 +132,7 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: boo
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
             torch.manual_seed(epoch_seed(cfg.seed, epoch, dist_utils.rank()))
+            method.begin_epoch(model, epoch)
             train = train_one_epoch(train_model, method, _train_loader(splits, cfg, epoch), optimizer, scheduler, device,
                                     epoch, cfg.amp, cfg.channels_last, progress)
             if cfg.optim.precise_bn:

@@ -171,3 +171,24 @@ def test_binarized_gates_are_exactly_binary_with_the_relaxed_gradient():
     assert binarize_gates(logits, training=False).tolist() == [[1.0, 0.0, 1.0, 0.0]]
     soft = binarize_gates(logits, training=False, mode="soft")
     assert torch.allclose(soft, torch.sigmoid(logits))
+
+
+def test_gate_warmup_forces_every_gate_to_one_for_its_epochs_and_travels_with_the_checkpoint():
+    _, method, model, _ = _build("resnet18", "method.adafilter.gate_warmup_epochs=2", "method.adafilter.gate_bias_init=-3")
+    x = torch.randn(2, 3, 32, 32)
+
+    def gates(net, training):
+        return torch.cat([g.flatten() for g in net.train(training)(x).gates.values()])
+
+    for epoch, warm in ((0, True), (1, True), (2, False)):
+        method.begin_epoch(model, epoch)
+        for training in (True, False):
+            # bias -3: learned gates are all 0 here, so all 1 can only come from the warm-up.
+            assert gates(model, training).eq(1.0 if warm else 0.0).all(), (epoch, training)
+    method.begin_epoch(model, 1)
+    checkpoint = copy.deepcopy(model.state_dict())
+    method.begin_epoch(model, 2)
+    model.load_state_dict(checkpoint)  # a best epoch inside the warm-up is evaluated with its all-ones gates
+    assert gates(model, False).eq(1.0).all()
+    _, _, plain, _ = _build("resnet18")
+    assert "gate_warmup" not in plain.state_dict()  # runs without warm-up keep their state keys

@@ -36,3 +36,16 @@ def test_demo_writes_and_prints_the_error_table(tmp_path, capsys):
     assert table["method"].tolist() == ["linear_probe", "finetune"] and set(table["dataset"]) == {"digits"}
     out = capsys.readouterr().out
     assert "| linear_probe" in out and (tmp_path / "out" / "error_table.md").exists()
+
+
+def test_demo_command_applies_set_overrides_to_every_run(tmp_path, capsys):
+    from adafilter_lib.config import load_config
+
+    runs = tmp_path / "runs"
+    assert main(["demo", "--runs", str(runs), "--out", str(tmp_path / "out"), "--methods", "finetune", "--no-progress",
+                 "--set", "model.backbone=resnet18", "model.pretrained=false", "data.resolution=32", "optim.epochs=1",
+                 "data.n_per_class=2"]) == 0
+    configs = [load_config(d / "config.yaml") for d in sorted(runs.iterdir())]
+    assert {c.data.dataset for c in configs} == {"mnist5k", "digits"}
+    assert all((c.model.backbone, c.data.resolution, c.optim.epochs, c.data.n_per_class) == ("resnet18", 32, 1, 2)
+               for c in configs)

@@ -39,6 +39,11 @@ class AdaFilter(Method):
             if layer.bn_pretrained is not None:
                 layer.bn_pretrained.requires_grad_(self.options.bn_pretrained == "trainable")
 
+    def begin_epoch(self, model: AdaFilterModel, epoch: int) -> None:
+        """Gate warm-up: every gate 1 for the first ``gate_warmup_epochs`` epochs, learned gates after."""
+        if self.options.gate_warmup_epochs > 0:
+            model.gate_warmup.fill_(epoch < self.options.gate_warmup_epochs)
+
     def param_groups(self, model: AdaFilterModel) -> list[dict]:
         groups = _groups({"finetuned": (model.features, self.cfg.optim.lr), "gate_net": (model.gate_net, self.options.gate_lr),
                           "head": (model.head, self.cfg.optim.head_lr)})

@@ -35,6 +35,9 @@ class Method:
         """Turn the pretrained TransferModel into this method's network (default: unchanged)."""
         return model
 
+    def begin_epoch(self, model: TransferModel, epoch: int) -> None:
+        """Called before training epoch ``epoch`` (0-based); schedules that change with the epoch live here."""
+
     def prepare(self, model: TransferModel) -> None:
         """Set ``requires_grad`` (and any reference state) before the optimizer is built."""
         model.requires_grad_(True)
