@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adafilter_lib import study
 from adafilter_lib.config import load_config
 
 torch.set_num_threads(2)
@@ -22,3 +23,14 @@ def tiny_overrides(tmp_path):
 @pytest.fixture
 def tiny_cfg(tiny_overrides):
     return load_config(None, tiny_overrides)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The SMOKE notebooks' AdaFilter run directory (test_notebooks, test_widgets and test_browser read it).
+
+    Trained once per session; ``fit_or_reuse`` also reuses it when a SMOKE notebook trained it first.
+    """
+    cfg = study.smoke_config(tmp_path_factory.getbasetemp() / "smoke_runs", "adafilter")
+    study.fit_or_reuse(cfg)
+    return cfg.run_dir()

@@ -25,7 +25,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adafilter_lib import study
 from adafilter_lib.gates import load_gate_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,14 +47,6 @@ def _missing() -> str | None:
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """The SMOKE notebooks' AdaFilter run (shared with test_notebooks/test_widgets: trained once per session)."""
-    cfg = study.smoke_config(tmp_path_factory.getbasetemp() / "smoke_runs", "adafilter")
-    study.fit_or_reuse(cfg)
-    return cfg.run_dir()
 
 
 @pytest.fixture(scope="module")

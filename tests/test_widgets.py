@@ -19,14 +19,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """The SMOKE notebooks' AdaFilter run (shared with test_notebooks/test_browser: trained once per session)."""
-    cfg = study.smoke_config(tmp_path_factory.getbasetemp() / "smoke_runs", "adafilter")
-    study.fit_or_reuse(cfg)
-    return cfg.run_dir()
-
-
-@pytest.fixture(scope="module")
 def runs_root(smoke_run, tmp_path_factory):
     """The smoke run plus a copy whose every prediction is class 0 and which has no test image of class 9."""
     root = tmp_path_factory.mktemp("inspector_runs")
