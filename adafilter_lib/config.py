@@ -71,6 +71,7 @@ class AdaFilterConfig:
     hidden: int = 64                  # LSTM width d (64: the gate network costs ~10% of a Lite0 step on CPU at 128)
     gate_bias_init: float = 0.0       # initial gate logit (> 0 leans to fine-tuned filters)
     gate_lr: float = 0.1              # learning rate of the gate network (its gradients are small: paths start equal)
+    gate_optimizer: Optional[str] = None  # the gate network's update rule: None = optim.optimizer, or "sgd" / "adamw"
     usage_penalty: float = 0.0        # lam in lam * (mean(g) - usage_target)^2; 0 = off
     usage_target: float = 0.5
     gate_warmup_epochs: int = 0       # first epochs with every gate 1 (fine-tuning with gated BN): the banks drift apart
@@ -281,6 +282,8 @@ def _adafilter_checks(a: AdaFilterConfig) -> list[tuple[bool, str]]:
         (a.temperature > 0, "method.adafilter.temperature must be positive"),
         (a.hidden >= 1, "method.adafilter.hidden must be at least 1"),
         (a.gate_lr > 0, "method.adafilter.gate_lr must be positive"),
+        (a.gate_optimizer in (None, "sgd", "adamw"),
+         f"method.adafilter.gate_optimizer must be sgd or adamw (or unset: optim.optimizer); got '{a.gate_optimizer}'"),
         (a.gate_warmup_epochs >= 0, "method.adafilter.gate_warmup_epochs must be 0 or more"),
         (a.usage_penalty >= 0 and 0 <= a.usage_target <= 1, "method.adafilter.usage_penalty must be >= 0 and usage_target in [0, 1]"),
     ]

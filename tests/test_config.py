@@ -25,6 +25,7 @@ def test_overrides_apply_in_order_with_yaml_typing(tmp_path):
     ("optim.lr=-1", "optim.lr and optim.head_lr must be positive"),
     ("data.val_fraction=1.5", "data.val_fraction"),
     ("optim.optimizer=adam", "optim.optimizer must be 'sgd' or 'adamw'"),
+    ("method.adafilter.gate_optimizer=adam", "method.adafilter.gate_optimizer must be sgd or adamw"),
     ("optim.epochs=two", "optim.epochs' must be int"),
     ("data.resolution=8", "data.resolution must be at least 16"),
     ("optim", "not of the form key=value"),

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from adafilter_lib import records
@@ -101,3 +103,28 @@ def test_gated_runs_runs_of_and_find_run(root, tmp_path_factory):
     make_run(empty, "ft", method="finetune", gated=False)
     with pytest.raises(KitError, match="no finished AdaFilter run"):
         records.gated_runs(empty)
+
+
+def _save_weights(run, pairs):
+    """best.pt with, per layer name, (fine-tuned, pretrained) filter banks of shape (C_out, k)."""
+    state = {}
+    for name, (finetuned, pretrained) in pairs.items():
+        state[f"features.{name}.layer.weight_finetuned"] = torch.tensor(finetuned, dtype=torch.float32)
+        state[f"features.{name}.layer.weight_pretrained"] = torch.tensor(pretrained, dtype=torch.float32)
+    torch.save(state, run / "best.pt")
+
+
+def test_filter_drift_and_its_summary_by_selection_band(root):
+    run = root / "a_ada"  # frequencies: l1 filters 1.0 and 0.5, l2 filter 0.5
+    _save_weights(run, {"l1": ([[3.0, 4.5], [1.0, 0.0]], [[3.0, 4.0], [1.0, 0.0]]), "l2": ([[2.0, 1.0]], [[2.0, 0.0]])})
+    drift = records.filter_drift(run)
+    np.testing.assert_allclose(drift.frequency, [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(drift.drift, [0.1, 0.0, 0.5], atol=1e-7)  # |(0, .5)| / |(3, 4)|, 0, |(0, 1)| / |(2, 0)|
+    bands = records.drift_by_selection(root)  # the fine-tuning run has no gates and is left out
+    assert bands.run_dir.map(lambda d: Path(d).name).unique().tolist() == ["a_ada"]
+    assert bands.band.tolist() == [band for band, _, _ in records.SELECTION_BANDS]
+    np.testing.assert_allclose(bands.share, [0.0, 2 / 3, 1 / 3])
+    assert np.isnan(bands.median_drift[0])
+    np.testing.assert_allclose(bands.median_drift[1:], [0.25, 0.1], atol=1e-7)
+    with pytest.raises(KitError, match="finished AdaFilter run"):
+        records.filter_drift(root / "b_ft")

@@ -38,8 +38,10 @@ class SimulatedKill(Exception):
     pass
 
 
-def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_overrides, tmp_path):
-    overrides = tiny_overrides + ["optim.epochs=3"]
+@pytest.mark.parametrize("method", [[], ["method.name=adafilter", "method.adafilter.gate_optimizer=adamw",
+                                           "method.adafilter.gate_lr=0.01"]], ids=["finetune", "adafilter_adamw_gates"])
+def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_overrides, tmp_path, method):
+    overrides = tiny_overrides + ["optim.epochs=3", *method]
     reference_cfg = load_config(None, overrides + [f"runs_root={tmp_path}/ref"])
     reference = fit(reference_cfg, progress=False)
 

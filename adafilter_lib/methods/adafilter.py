@@ -1,8 +1,9 @@
 """AdaFilter as a method, and its ablations (each a fixed choice of AdaFilter options).
 
 Parameter groups: fine-tuned filters with their BN and the ungated backbone layers at ``optim.lr``,
-the gate network at ``method.adafilter.gate_lr``, the head at ``optim.head_lr``. The pretrained
-filters are buffers, so no optimizer can touch them.
+the gate network at ``method.adafilter.gate_lr`` (with its own update rule when
+``method.adafilter.gate_optimizer`` is set, e.g. AdamW beside SGD), the head at ``optim.head_lr``.
+The pretrained filters are buffers, so no optimizer can touch them.
 
 Ablations (``METHODS.md``): ``adafilter_random`` (Bernoulli 0.5 gates, akin to stochastic
 fine-tuning), ``adafilter_all_finetuned`` (every gate 1: fine-tuning with gated BN),
@@ -48,7 +49,10 @@ class AdaFilter(Method):
         groups = _groups({"finetuned": (model.features, self.cfg.optim.lr), "gate_net": (model.gate_net, self.options.gate_lr),
                           "head": (model.head, self.cfg.optim.head_lr)})
         if self.options.gates != "learned":  # fixed gates: the gate network would get no gradient
-            groups = [g for g in groups if g["name"] != "gate_net"]
+            return [g for g in groups if g["name"] != "gate_net"]
+        for group in groups:
+            if group["name"] == "gate_net" and self.options.gate_optimizer:
+                group["optimizer"] = self.options.gate_optimizer  # engine.build_optimizer honours it
         return groups
 
     def extra_loss(self, model: AdaFilterModel, output: ModelOutput) -> Optional[torch.Tensor]:
