@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 from . import cli_paper
@@ -19,8 +20,10 @@ EXAMPLES = """examples:
   python -m adafilter_lib train --config adafilter_lib/configs/demo.yaml --resume      # continue a killed run
   torchrun --nproc_per_node=2 -m adafilter_lib train --dataset mnist5k    # data-parallel (DDP)
   python -m adafilter_lib table --runs runs --out results/my_study
+  python -m adafilter_lib table --runs runs --out results/my_study --metric test_frac_finetuned
   python -m adafilter_lib demo
   python -m adafilter_lib bench --backbone resnet18 --res 64 --batch 32
+  python -m adafilter_lib drift --runs runs/demo --out results/drift.csv
 """
 
 
@@ -50,14 +53,16 @@ def _add_table(sub) -> None:
     p = sub.add_parser("table", help="build the error table (CSV, Markdown, LaTeX) from finished runs")
     p.add_argument("--runs", dest="runs_root", default="runs", help="folder searched for finished runs (default: runs)")
     p.add_argument("--out", default="results/tables", help="folder the tables are written to (default: results/tables)")
+    p.add_argument("--metric", default="top1_err",
+                   help="summary.json column to tabulate, e.g. test_frac_finetuned (default: top1_err)")
 
 
 def _cmd_table(args) -> int:
-    from .results import build_tables, markdown_table
+    from .results import build_tables, markdown_table, table_stem
 
-    table = build_tables(args.runs_root, args.out)
+    table = build_tables(args.runs_root, args.out, metric=args.metric)
     print(markdown_table(table))
-    print(f"written: {args.out}/error_table.csv, .md, .tex")
+    print(f"written: {args.out}/{table_stem(args.metric)}.csv, .md, .tex")
     return 0
 
 
@@ -107,6 +112,27 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _add_drift(sub) -> None:
+    p = sub.add_parser("drift", help="AdaFilter runs: how far fine-tuned filters moved, by how often their gate chose them")
+    p.add_argument("--runs", dest="runs_root", default="runs", help="folder searched for finished runs (default: runs)")
+    p.add_argument("--out", help="CSV file for the per-run table (default: print the summary only)")
+
+
+def _cmd_drift(args) -> int:
+    from .records import drift_by_selection
+    from .runs import atomic_write_text
+
+    table = drift_by_selection(args.runs_root)
+    summary = table.groupby(["method", "dataset", "band"], sort=False)[["share", "median_drift"]].mean()
+    print("Share of gated filters per test selection band and their median relative drift "
+          "||W_ft - W_pre|| / ||W_pre|| (mean over runs):\n")
+    print(summary.reset_index().to_markdown(index=False, floatfmt=".3f"))
+    if args.out:
+        atomic_write_text(Path(args.out), table.to_csv(index=False))
+        print(f"written: {args.out}")
+    return 0
+
+
 def _cmd_list(args) -> int:
     from .data import dataset_names
     from .methods import method_names
@@ -126,13 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table(sub)
     _add_demo(sub)
     _add_bench(sub)
+    _add_drift(sub)
     cli_paper.add_parsers(sub)
     cli_pruning.add_parsers(sub)
     sub.add_parser("list", help="list the dataset, method and backbone names")
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "list": _cmd_list,
+COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "drift": _cmd_drift,
+            "list": _cmd_list,
             **cli_paper.COMMANDS, **cli_pruning.COMMANDS}
 
 

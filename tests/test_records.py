@@ -128,3 +128,14 @@ def test_filter_drift_and_its_summary_by_selection_band(root):
     np.testing.assert_allclose(bands.median_drift[1:], [0.25, 0.1], atol=1e-7)
     with pytest.raises(KitError, match="finished AdaFilter run"):
         records.filter_drift(root / "b_ft")
+
+
+def test_drift_command_writes_the_per_run_table(root, tmp_path, capsys):
+    from adafilter_lib.cli import main
+
+    _save_weights(root / "a_ada", {"l1": ([[3.0, 4.5], [1.0, 0.0]], [[3.0, 4.0], [1.0, 0.0]]), "l2": ([[2.0, 1.0]], [[2.0, 0.0]])})
+    out = tmp_path / "drift.csv"
+    assert main(["drift", "--runs", str(root), "--out", str(out)]) == 0
+    written = pd.read_csv(out)
+    np.testing.assert_allclose(written.share, records.drift_by_selection(root).share)
+    assert "almost always (> 95 %)" in capsys.readouterr().out

@@ -175,3 +175,19 @@ def test_unknown_metric_lists_numeric_columns(runs_root):
     table = error_table(load_runs(runs_root), metric="val_top1_err")
     assert list(table.columns) == ["method", "dataset", "val_top1_err", "val_top1_err_std", "seeds"]
     assert markdown_table(table).startswith("Top-1 validation error (%)")
+
+
+def test_a_gate_metric_table_sits_beside_the_error_table_without_bold(tmp_path):
+    for seed, (err, frac) in enumerate([(10.0, 0.25), (12.0, 0.75)]):
+        make_run(tmp_path / "runs", f"a{seed}", "adafilter", "digits", seed, err, test_frac_finetuned=frac)
+        make_run(tmp_path / "runs", f"f{seed}", "finetune", "digits", seed, err + 1)
+    out = tmp_path / "out"
+    build_tables(tmp_path / "runs", out)
+    table = build_tables(tmp_path / "runs", out, metric="test_frac_finetuned")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}.{ext}" for stem in ("error_table", "test_frac_finetuned_table") for ext in ("csv", "md", "tex"))
+    assert table.method.tolist() == ["adafilter"]  # fine-tuning runs have no gate fraction
+    assert math.isclose(table.test_frac_finetuned[0], 0.5) and math.isclose(table.test_frac_finetuned_std[0], math.sqrt(0.125))
+    assert (out / "test_frac_finetuned_table.md").read_text().startswith("Fraction of gate choices that picked the fine-tuned")
+    assert r"\textbf" not in (out / "test_frac_finetuned_table.tex").read_text()
+    assert r"\textbf{11.00}" in (out / "error_table.tex").read_text()
