@@ -23,10 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+
+from .config import RunConfig, to_dict
+from .errors import KitError
 
 PARTIAL_SUFFIX = ".partial"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
+# Keys that name where a run lives or runs, not what it computes: they may differ on reuse.
+_PLACE_KEYS = {"runs_root", "device"}
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -113,3 +119,41 @@ def discard(staging: Path) -> None:
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / SUMMARY).read_text())
+
+
+def config_differences(cfg: RunConfig, run_dir: str | Path) -> list[str]:
+    """Dotted keys whose value in ``run_dir/config.yaml`` differs from ``cfg``.
+
+    ``runs_root`` and ``device`` are ignored (where a run lives, not what it computes). A key the
+    saved file lacks (an option added to the kit after the run was trained) counts as its default.
+    """
+    saved = yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}
+    return [key for key in _diff(to_dict(cfg), _merged(to_dict(RunConfig()), saved))
+            if key.split(".")[0] not in _PLACE_KEYS]
+
+
+def _merged(defaults: dict, saved: dict) -> dict:
+    out = dict(defaults)
+    for key, value in saved.items():
+        out[key] = _merged(defaults[key], value) if isinstance(defaults.get(key), dict) and isinstance(value, dict) else value
+    return out
+
+
+def _diff(wanted: dict, saved: dict, prefix: str = "") -> list[str]:
+    """Keys of ``wanted`` (recursively) whose value in ``saved`` differs; keys only in ``saved`` are ignored."""
+    keys = []
+    for key, a in wanted.items():
+        b = saved.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def refuse_other_settings(cfg: RunConfig, run_dir: Path, fix: str) -> None:
+    """Raise a one-line KitError naming the differing keys when ``run_dir`` was trained with other settings."""
+    differences = config_differences(cfg, run_dir)
+    if differences:
+        shown = ", ".join(differences[:4]) + (" ..." if len(differences) > 4 else "")
+        raise KitError(f"run '{run_dir}' exists with other settings ({shown}); {fix}")

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
-import yaml
 
-from .config import RunConfig, load_config, to_dict
+from .config import RunConfig, load_config
 from .data import get_spec
 from .demo import demo_configs
-from .errors import KitError
 from .methods import build_method
 from .model import backbone_spec
-from .runs import CONFIG, is_finished
+from .runs import is_finished
 from .trainer import fit
 
 SMOKE_DATASETS: tuple[tuple[str, int], ...] = (("digits", 4),)
@@ -31,8 +29,6 @@ SMOKE_BACKBONE, SMOKE_EPOCHS, SMOKE_SEEDS = "resnet18", 1, (0,)
 # Everything that makes the SMOKE recipe fast besides dataset, backbone and epochs.
 SMOKE_OVERRIDES: tuple[str, ...] = ("data.val_fraction=0.25", "data.resolution=32", "data.batch_size=8",
                                     "model.pretrained=false", "device=cpu")
-# Keys that name where a run lives or runs, not what it computes: they may differ on reuse.
-_PLACE_KEYS = {"runs_root", "device"}
 
 
 def grid_configs(runs_root: str | Path, methods: Sequence[str], datasets: Sequence[Sequence], backbone: str,
@@ -69,36 +65,6 @@ def smoke_config(runs_root: str | Path, method: str) -> RunConfig:
     return grid_configs(runs_root, [method], SMOKE_DATASETS, SMOKE_BACKBONE, SMOKE_EPOCHS, SMOKE_SEEDS, smoke=True)[0]
 
 
-def config_differences(cfg: RunConfig, run_dir: str | Path) -> list[str]:
-    """Dotted keys whose value in ``run_dir/config.yaml`` differs from ``cfg``.
-
-    ``runs_root`` and ``device`` are ignored (where a run lives, not what it computes). A key the
-    saved file lacks (an option added to the kit after the run was trained) counts as its default.
-    """
-    saved = yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}
-    return [key for key in _diff(to_dict(cfg), _merged(to_dict(RunConfig()), saved))
-            if key.split(".")[0] not in _PLACE_KEYS]
-
-
-def _merged(defaults: dict, saved: dict) -> dict:
-    out = dict(defaults)
-    for key, value in saved.items():
-        out[key] = _merged(defaults[key], value) if isinstance(defaults.get(key), dict) and isinstance(value, dict) else value
-    return out
-
-
-def _diff(wanted: dict, saved: dict, prefix: str = "") -> list[str]:
-    """Keys of ``wanted`` (recursively) whose value in ``saved`` differs; keys only in ``saved`` are ignored."""
-    keys = []
-    for key, a in wanted.items():
-        b = saved.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
 def fit_or_reuse(cfg: RunConfig, progress: bool = False) -> tuple[dict, bool]:
     """Train ``cfg`` unless a finished run with the same config exists.
 
@@ -106,17 +72,11 @@ def fit_or_reuse(cfg: RunConfig, progress: bool = False) -> tuple[dict, bool]:
         ``(summary, reused)``.
 
     Raises:
-        KitError: a finished run of the same name was trained with a different config.
+        KitError: a finished run of the same name was trained with a different config
+            (:func:`adafilter_lib.trainer.fit` checks it).
     """
-    run_dir = cfg.run_dir()
-    if is_finished(run_dir):
-        differences = config_differences(cfg, run_dir)
-        if differences:
-            shown = ", ".join(differences[:4]) + (" ..." if len(differences) > 4 else "")
-            raise KitError(f"run '{run_dir}' exists with other settings ({shown}); use another runs folder "
-                           f"or delete that run to retrain it")
-        return fit(cfg, progress=False), True
-    return fit(cfg, progress=progress), False
+    reused = is_finished(cfg.run_dir())
+    return fit(cfg, progress=progress and not reused), reused
 
 
 def fit_grid(configs: Sequence[RunConfig], progress: bool = False) -> pd.DataFrame:

@@ -81,6 +81,10 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: boo
         cfg: the validated run configuration.
         resume: continue ``<run>.partial/`` from its last checkpoint if there is one.
         force: start over, discarding a finished or unfinished run of the same name.
+
+    Raises:
+        KitError: a finished (or, with ``resume``, an unfinished) run of the same name was trained
+            with other settings (``runs_root`` and ``device`` aside); bad names, data or a NaN loss.
         progress: show tqdm bars (main process only).
         on_epoch_end: called as ``hook(epoch, record)`` after each epoch's checkpoint is written.
     Returns:
@@ -91,9 +95,15 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: boo
     run_dir = cfg.run_dir()
     staging = runs.staging_dir(run_dir)
     if runs.is_finished(run_dir) and not force:
+        # Reuse only what was trained with these settings: a study that changes one option but not
+        # the runs folder would otherwise read the old numbers as new ones.
+        runs.refuse_other_settings(cfg, run_dir, "use another runs folder for the new settings, or --force "
+                                                 "(fit(..., force=True)) to retrain this one")
         return runs.read_summary(run_dir)
     if staging.exists() and not (resume or force):
         raise KitError(f"an unfinished run exists at '{staging}'; pass --resume to continue it or --force to start over")
+    if resume and not force and (staging / runs.CONFIG).is_file():
+        runs.refuse_other_settings(cfg, staging, "resume it with its own settings, or --force to start over")
 
     method, splits, model = prepare_run(cfg)
     if device.type == "cpu":

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from adafilter_lib import study
+from adafilter_lib import runs, study
 from adafilter_lib.config import to_dict
 from adafilter_lib.errors import KitError
 
@@ -49,7 +49,7 @@ def test_a_finished_run_with_the_same_config_is_reused_without_training(tmp_path
     saved.update(runs_root="elsewhere/runs", device="cuda")  # where it lived and ran does not matter
     del saved["method"]["l2sp"]  # an option the kit added after this run: counts as its default
     _finished(cfg, saved)
-    assert study.config_differences(cfg, cfg.run_dir()) == []
+    assert runs.config_differences(cfg, cfg.run_dir()) == []
     assert study.fit_or_reuse(cfg) == ({"top1_err": 12.5}, True)
     grid = study.fit_grid([cfg])
     assert grid[["run", "reused", "top1_err"]].values.tolist() == [["digits__finetune__resnet18__s0", True, 12.5]]
@@ -62,7 +62,7 @@ def test_a_finished_run_with_other_settings_is_an_error_and_stays(tmp_path):
     del saved["method"]["l2sp"]
     run = _finished(cfg, saved)
     cfg.method.l2sp.alpha = 0.5  # a non-default value for the option the saved file lacks
-    assert study.config_differences(cfg, run) == ["optim.epochs", "method.l2sp.alpha"]
+    assert runs.config_differences(cfg, run) == ["optim.epochs", "method.l2sp.alpha"]
     with pytest.raises(KitError, match=r"exists with other settings \(optim.epochs, method.l2sp.alpha\)"):
         study.fit_or_reuse(cfg)
     assert (run / "summary.json").is_file() and yaml.safe_load((run / "config.yaml").read_text())["optim"]["epochs"] == 6

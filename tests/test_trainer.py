@@ -115,3 +115,26 @@ def test_torchrun_with_two_cpu_processes(tiny_overrides, tmp_path):
     assert summary["world_size"] == 2 and summary["num_test"] > 500
     assert len(runs.read_jsonl(cfg.run_dir() / "metrics.jsonl")) == 2
     assert done.stdout.count("top1_err") == 1  # only rank 0 reports
+
+
+def test_a_run_with_other_settings_is_never_reused_or_resumed_silently(tiny_overrides, tmp_path):
+    cfg = load_config(None, tiny_overrides)
+    first = fit(cfg, progress=False)
+    assert fit(load_config(None, tiny_overrides + ["device=cpu"]), progress=False) == first  # where it ran: no matter
+    changed = load_config(None, tiny_overrides + ["optim.lr=0.02"])
+    with pytest.raises(KitError, match=r"exists with other settings \(optim.lr\); use another runs folder"):
+        fit(changed, progress=False)
+    fit(changed, force=True, progress=False)
+    assert runs.config_differences(changed, changed.run_dir()) == []  # retrained with the new settings
+
+    killed = load_config(None, tiny_overrides + [f"runs_root={tmp_path}/killed", "optim.epochs=3"])
+
+    def kill(epoch, record):
+        raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        fit(killed, progress=False, on_epoch_end=kill)
+    other = load_config(None, tiny_overrides + [f"runs_root={tmp_path}/killed", "optim.epochs=4"])
+    with pytest.raises(KitError, match=r"other settings \(optim.epochs\); resume it with its own settings"):
+        fit(other, resume=True, progress=False)
+    assert fit(killed, resume=True, progress=False)["epochs"] == 3
