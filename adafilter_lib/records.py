@@ -181,7 +181,7 @@ def filter_drift(run_dir: Union[str, Path]) -> pd.DataFrame:
     """
     run_dir = Path(run_dir)
     if not (run_dir / GATES_FILE).is_file() or not (run_dir / BEST).is_file():
-        raise KitError(f"'{run_dir}' has no {GATES_FILE} and {BEST}: give a finished AdaFilter run directory")
+        raise KitError(f"'{run_dir}' has no {GATES_FILE} or no {BEST}: give a finished AdaFilter run directory")
     state = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
     frequency = filter_frequency(load_gate_record(run_dir))
     drift = []

@@ -81,14 +81,14 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: boo
         cfg: the validated run configuration.
         resume: continue ``<run>.partial/`` from its last checkpoint if there is one.
         force: start over, discarding a finished or unfinished run of the same name.
-
-    Raises:
-        KitError: a finished (or, with ``resume``, an unfinished) run of the same name was trained
-            with other settings (``runs_root`` and ``device`` aside); bad names, data or a NaN loss.
         progress: show tqdm bars (main process only).
         on_epoch_end: called as ``hook(epoch, record)`` after each epoch's checkpoint is written.
     Returns:
         The summary dict written to ``summary.json`` (``top1_err`` is the test error of the best epoch).
+
+    Raises:
+        KitError: a finished (or, with ``resume``, an unfinished) run of the same name was trained
+            with other settings (``runs_root`` and ``device`` aside); bad names, data or a NaN loss.
     """
     device = dist_utils.local_device(cfg.device)
     dist_utils.init_from_env(device)
