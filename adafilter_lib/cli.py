@@ -76,13 +76,16 @@ def _add_demo(sub) -> None:
     p.add_argument("--methods", nargs="+", help="only these methods (default: all demo methods)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run, e.g. method.adafilter.gate_bias_init=0.5 (use a separate --runs folder)")
+    p.add_argument("--library-defaults", action="store_true",
+                   help="train AdaFilter with the library's gate defaults, not the demo's gate recipe (demo.DEMO_METHOD_SETTINGS)")
 
 
 def _cmd_demo(args) -> int:
     from .demo import DEMO_METHODS, run_demo
 
     run_demo(args.runs_root, args.out, seeds=args.seeds, force=args.force, progress=not args.no_progress,
-             methods=args.methods or DEMO_METHODS, overrides=args.set)
+             methods=args.methods or DEMO_METHODS, overrides=args.set,
+             method_settings=not args.library_defaults)
     return 0
 
 

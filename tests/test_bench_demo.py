@@ -4,6 +4,7 @@ import json
 import pandas as pd
 
 from adafilter_lib.cli import main
+from adafilter_lib.config import AdaFilterConfig
 from adafilter_lib.demo import DEMO_METHODS, demo_configs, run_demo
 
 
@@ -25,6 +26,21 @@ def test_demo_grid_covers_every_dataset_method_and_seed(tmp_path):
         (d, m, s) for d in ("mnist5k", "digits") for m in DEMO_METHODS for s in (0, 1)}
     assert {(c.data.dataset, c.data.n_per_class) for c in configs} == {("mnist5k", 20), ("digits", 10)}
     assert all(c.model.backbone == "efficientnet_lite0" and c.model.pretrained for c in configs)
+
+
+def test_demo_gives_only_adafilter_its_gate_recipe_and_overrides_win(tmp_path):
+    methods = ("finetune", "adafilter", "adafilter_random")
+    by_method = {c.method.name: c.method.adafilter for c in demo_configs(str(tmp_path), methods=methods,
+                                                                          datasets=(("digits", 10),))}
+    recipe = by_method["adafilter"]
+    assert (recipe.gate_optimizer, recipe.gate_lr, recipe.gate_warmup_epochs, recipe.gate_bias_init) == ("adamw", 0.01, 2, 0.5)
+    assert by_method["finetune"] == by_method["adafilter_random"] == AdaFilterConfig()
+    # a caller's --set comes last: here it restores the library default of one option
+    back = demo_configs(str(tmp_path), methods=("adafilter",), datasets=(("digits", 10),),
+                        overrides=["method.adafilter.gate_bias_init=0.0"])[0].method.adafilter
+    assert back.gate_bias_init == 0.0 and back.gate_optimizer == "adamw"
+    plain = demo_configs(str(tmp_path), methods=("adafilter",), datasets=(("digits", 10),), method_settings=False)
+    assert plain[0].method.adafilter == AdaFilterConfig()
 
 
 def test_demo_writes_and_prints_the_error_table(tmp_path, capsys):
@@ -49,3 +65,13 @@ def test_demo_command_applies_set_overrides_to_every_run(tmp_path, capsys):
     assert {c.data.dataset for c in configs} == {"mnist5k", "digits"}
     assert all((c.model.backbone, c.data.resolution, c.optim.epochs, c.data.n_per_class) == ("resnet18", 32, 1, 2)
                for c in configs)
+
+
+def test_demo_command_library_defaults_flag_skips_the_gate_recipe(tmp_path):
+    from adafilter_lib.config import load_config
+
+    runs = tmp_path / "runs"
+    assert main(["demo", "--runs", str(runs), "--out", str(tmp_path / "out"), "--methods", "adafilter", "--no-progress",
+                 "--library-defaults", "--set", "model.backbone=resnet18", "model.pretrained=false",
+                 "data.resolution=32", "optim.epochs=1", "data.n_per_class=2"]) == 0
+    assert [load_config(d / "config.yaml").method.adafilter for d in sorted(runs.iterdir())] == [AdaFilterConfig()] * 2
