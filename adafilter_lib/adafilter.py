@@ -15,11 +15,10 @@ import re
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import AdaFilterConfig
-from .gate_net import RecurrentGateNet, binarize_gates
+from .gate_net import RecurrentGateNet, binarize_gates, pool_gate_input
 from .layers import GatedConv2d
 from .model import ModelOutput, TransferModel
 
@@ -53,7 +52,7 @@ class GateRouter:
             # layers a mix whose statistics no BN saw in training (measured: 55% vs 18% test error).
             gates = torch.bernoulli(x.new_full((batch, out_channels), 0.5))
         else:
-            pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, C_in); faster than mean() on channels_last
+            pooled = pool_gate_input(x)  # (B, C_in)
             logits = self.gate_net.step(index, pooled)  # (B, C_out)
             gates = binarize_gates(logits, self.training, self.cfg.binarize, self.cfg.noise, self.cfg.temperature)
         self.gates[self.names[index]] = gates

@@ -4,7 +4,9 @@ Training steps (forward, backward, optimizer step) and evaluation steps of the t
 interleaved (A, B, A, B, ...) so that both see the same machine state; the medians and their ratios
 are printed and written under ``results/bench/`` with the command that produced them. The FLOP bound
 of the training-step ratio is about 5/3 (forward through both filter banks, input gradients through
-both, weight gradients through one).
+both, weight gradients through one). ``also`` adds more methods (e.g. the ablation
+``adafilter_all_finetuned``: both banks, gated BN and the mix without the gate network) to the same
+interleaving, each with its ratio to fine-tuning, to show where AdaFilter's extra time goes.
 """
 from __future__ import annotations
 
@@ -13,22 +15,23 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .config import load_config
 from .engine import autocast_for, build_optimizer
+from .errors import KitError
 from .methods import build_method
 from .model import build_transfer_model
 from .runs import atomic_write_json
 
 
-def _models(backbone: str, num_classes: int, device: torch.device, channels_last: bool):
-    """A fine-tuning model and an AdaFilter model (random weights: timing does not depend on them)."""
+def _models(backbone: str, num_classes: int, device: torch.device, channels_last: bool, also: Sequence[str] = ()):
+    """Fine-tuning, AdaFilter and the ``also`` methods' models (random weights: timing does not depend on them)."""
     built = {}
-    for name in ("finetune", "adafilter"):
+    for name in dict.fromkeys(("finetune", "adafilter", *also)):
         cfg = load_config(None, [f"method.name={name}", f"model.backbone={backbone}"])
         method = build_method(cfg)
         torch.manual_seed(0)
@@ -38,6 +41,17 @@ def _models(backbone: str, num_classes: int, device: torch.device, channels_last
         optimizer = build_optimizer(method.param_groups(model), cfg.optim)  # what training uses
         built[name] = (model, optimizer)
     return built
+
+
+def _cpu_name() -> str:
+    """The CPU model (ratios depend on it: the kit measured 1.80 and 2.33 for the same command on two 2-core CPUs)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -63,10 +77,14 @@ def _eval_step(model, x, device, amp) -> None:
 
 def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmup: int = 3, device: str = "auto",
               channels_last: bool = True, amp: bool = True, out_dir: Optional[str] = "results/bench",
-              command: Optional[str] = None) -> dict:
-    """Time training and evaluation steps of fine-tuning and AdaFilter; return medians (s) and ratios."""
+              command: Optional[str] = None, also: Sequence[str] = ()) -> dict:
+    """Time training and evaluation steps of fine-tuning, AdaFilter and ``also``; return medians (s) and ratios.
+
+    Ratios are AdaFilter's over fine-tuning's (``train_step_ratio``, ``eval_step_ratio``) and, for each
+    method ``m`` of ``also``, ``train_step_ratio_<m>`` and ``eval_step_ratio_<m>``.
+    """
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    models = _models(backbone, 10, dev, channels_last)
+    models = _models(backbone, 10, dev, channels_last, also)
     x = torch.randn(batch, 3, resolution, resolution, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -84,16 +102,20 @@ def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmu
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "backbone": backbone, "resolution": resolution, "batch": batch, "steps": steps, "warmup": warmup,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads, {_cpu_name()})",
         "channels_last": channels_last, "amp": amp and dev.type == "cuda", "torch": torch.__version__,
         **{f"{k}_median_s": v for k, v in med.items()},
         "train_step_ratio": med["train_adafilter"] / med["train_finetune"],
         "eval_step_ratio": med["eval_adafilter"] / med["eval_finetune"],
+        **{f"{kind}_step_ratio_{name}": med[f"{kind}_{name}"] / med[f"{kind}_finetune"]
+           for name in models if name not in ("finetune", "adafilter") for kind in ("train", "eval")},
+        "also": [name for name in models if name not in ("finetune", "adafilter")],
         "command": command,
     }
     if out_dir is not None:
         tag = "cuda" if dev.type == "cuda" else "cpu"
-        atomic_write_json(Path(out_dir) / f"{backbone}_{resolution}px_b{batch}_{tag}.json", result)
+        extra = "".join(f"_{name}" for name in result["also"])
+        atomic_write_json(Path(out_dir) / f"{backbone}_{resolution}px_b{batch}_{tag}{extra}.json", result)
     return result
 
 
@@ -105,5 +127,32 @@ def format_bench(result: dict) -> str:
         f"(median of {result['steps']} interleaved steps)",
         f"  train step: finetune {ms('train_finetune_median_s')}, adafilter {ms('train_adafilter_median_s')}",
         f"  eval step:  finetune {ms('eval_finetune_median_s')}, adafilter {ms('eval_adafilter_median_s')}",
+        *(f"  {name}: train step {ms(f'train_{name}_median_s')} ({result[f'train_step_ratio_{name}']:.3f}x), "
+          f"eval step {ms(f'eval_{name}_median_s')} ({result[f'eval_step_ratio_{name}']:.3f}x)" for name in result.get("also", [])),
         f"train_step_ratio={result['train_step_ratio']:.3f} eval_step_ratio={result['eval_step_ratio']:.3f}",
     ])
+
+
+def bench_table(records_dir: str | Path = "results/bench") -> str:
+    """A markdown table of every record in ``records_dir`` (one row per JSON file, sorted by name).
+
+    Columns: the command, the CPU or GPU, the fine-tuning and AdaFilter training-step medians, both
+    ratios, and the training ratio of each ``--also`` method. Raises KitError if there is no record.
+    """
+    paths = sorted(Path(records_dir).glob("*.json"))
+    if not paths:
+        raise KitError(f"no bench records (*.json) in {records_dir}; run `python -m adafilter_lib bench` first")
+    records = [json.loads(path.read_text()) for path in paths]
+    also = list(dict.fromkeys(name for record in records for name in record.get("also", [])))
+    header = (["command", "device", "fine-tuning step", "AdaFilter step", "train ratio", "eval ratio"]
+              + [f"`{name}` train ratio" for name in also])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for record in records:
+        command = (record.get("command") or "").replace("python -m adafilter_lib ", "")
+        cells = [f"`{command}`", record["device"], f"{1000 * record['train_finetune_median_s']:.0f} ms",
+                 f"{1000 * record['train_adafilter_median_s']:.0f} ms", f"{record['train_step_ratio']:.2f}",
+                 f"{record['eval_step_ratio']:.2f}"]
+        cells += [f"{record[f'train_step_ratio_{name}']:.2f}" if f"train_step_ratio_{name}" in record else ""
+                  for name in also]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -22,7 +22,8 @@ EXAMPLES = """examples:
   python -m adafilter_lib table --runs runs --out results/my_study
   python -m adafilter_lib table --runs runs --out results/my_study --metric test_frac_finetuned
   python -m adafilter_lib demo
-  python -m adafilter_lib bench --backbone resnet18 --res 64 --batch 32
+  python -m adafilter_lib bench --backbone resnet18 --res 64 --batch 32 --also adafilter_all_finetuned
+  python -m adafilter_lib bench-table                 # every record in results/bench as a markdown table
   python -m adafilter_lib drift --runs runs/demo --out results/drift.csv
 """
 
@@ -99,19 +100,38 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
     p.add_argument("--out", default="results/bench", help="folder for the JSON record (default: results/bench)")
+    p.add_argument("--also", nargs="+", default=[], metavar="METHOD",
+                   help="more methods timed in the same interleaving, e.g. adafilter_all_finetuned (no gate network)")
 
 
 def _cmd_bench(args) -> int:
     from .bench import format_bench, run_bench
+    from .config import load_config
+    from .methods import build_method
     from .model import backbone_spec
 
     backbone_spec(args.backbone)  # unknown names fail here, with the valid ones listed
     command = (f"python -m adafilter_lib bench --backbone {args.backbone} --res {args.res} --batch {args.batch} "
                f"--steps {args.steps} --warmup {args.warmup} --device {args.device}"
-               + (" --no-channels-last" if args.no_channels_last else ""))
+               + (" --no-channels-last" if args.no_channels_last else "")
+               + (f" --also {' '.join(args.also)}" if args.also else ""))
+    for name in args.also:  # unknown names fail before any model is built, with the valid ones listed
+        build_method(load_config(None, [f"method.name={name}"]))
     result = run_bench(args.backbone, args.res, args.batch, args.steps, args.warmup, args.device,
-                       channels_last=not args.no_channels_last, out_dir=args.out, command=command)
+                       channels_last=not args.no_channels_last, out_dir=args.out, command=command, also=args.also)
     print(format_bench(result))
+    return 0
+
+
+def _add_bench_table(sub) -> None:
+    p = sub.add_parser("bench-table", help="the markdown table of every bench record in a folder (what the README shows)")
+    p.add_argument("--records", default="results/bench", help="folder of bench JSON records (default: results/bench)")
+
+
+def _cmd_bench_table(args) -> int:
+    from .bench import bench_table
+
+    print(bench_table(args.records))
     return 0
 
 
@@ -155,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table(sub)
     _add_demo(sub)
     _add_bench(sub)
+    _add_bench_table(sub)
     _add_drift(sub)
     cli_paper.add_parsers(sub)
     cli_pruning.add_parsers(sub)
@@ -162,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "drift": _cmd_drift,
+COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "bench-table": _cmd_bench_table,
+            "drift": _cmd_drift,
             "list": _cmd_list,
             **cli_paper.COMMANDS, **cli_pruning.COMMANDS}
 

@@ -192,3 +192,18 @@ def test_gate_warmup_forces_every_gate_to_one_for_its_epochs_and_travels_with_th
     assert gates(model, False).eq(1.0).all()
     _, _, plain, _ = _build("resnet18")
     assert "gate_warmup" not in plain.state_dict()  # runs without warm-up keep their state keys
+
+
+def test_gate_input_pool_matches_average_pooling_in_value_and_gradient():
+    from adafilter_lib.gate_net import pool_gate_input
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    reference = x.detach().clone().requires_grad_()
+    pooled, expected = pool_gate_input(x), torch.nn.functional.adaptive_avg_pool2d(reference, 1).flatten(1)
+    assert pooled.shape == (3, 5) and torch.equal(pooled, expected)
+    weights = torch.randn(3, 5)
+    (pooled * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(x.grad, reference.grad, rtol=0, atol=1e-7)
+    assert torch.allclose(x.grad[1, 2], torch.full((4, 6), weights[1, 2].item() / 24))

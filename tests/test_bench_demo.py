@@ -19,6 +19,25 @@ def test_bench_prints_the_ratio_line_and_records_the_command(tmp_path, capsys):
     assert "--backbone resnet18" in record["command"]
 
 
+def test_bench_also_times_an_ablation_in_the_same_run_and_rejects_unknown_methods(tmp_path, capsys):
+    assert main(["bench", "--backbone", "resnet18", "--res", "32", "--batch", "4", "--steps", "2", "--warmup", "1",
+                 "--out", str(tmp_path), "--also", "adafilter_all_finetuned"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("train_step_ratio=") and lines[-2].lstrip().startswith("adafilter_all_finetuned: train step")
+    record = json.loads((tmp_path / "resnet18_32px_b4_cpu_adafilter_all_finetuned.json").read_text())
+    assert record["also"] == ["adafilter_all_finetuned"] and record["command"].endswith("--also adafilter_all_finetuned")
+    assert record["train_step_ratio_adafilter_all_finetuned"] == (
+        record["train_adafilter_all_finetuned_median_s"] / record["train_finetune_median_s"])
+    assert main(["bench", "--res", "32", "--out", str(tmp_path), "--also", "no_such_method"]) == 2
+    assert "unknown method 'no_such_method'" in capsys.readouterr().err
+    assert main(["bench-table", "--records", str(tmp_path)]) == 0
+    header, rule, row = capsys.readouterr().out.strip().splitlines()
+    assert header.endswith("| `adafilter_all_finetuned` train ratio |") and row.count("|") == rule.count("|")
+    assert row.endswith(f"| {record['train_step_ratio']:.2f} | {record['eval_step_ratio']:.2f} | "
+                        f"{record['train_step_ratio_adafilter_all_finetuned']:.2f} |")
+    assert main(["bench-table", "--records", str(tmp_path / "none")]) == 2
+
+
 def test_demo_grid_covers_every_dataset_method_and_seed(tmp_path):
     configs = demo_configs(str(tmp_path), seeds=(0, 1))
     assert len(configs) == 2 * 2 * len(DEMO_METHODS)
