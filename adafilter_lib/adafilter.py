@@ -17,9 +17,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import AdaFilterConfig
 from .gate_net import RecurrentGateNet, binarize_gates, pool_gate_input
 from .layers import GatedConv2d
+from .method_config import AdaFilterConfig
 from .model import ModelOutput, TransferModel
 
 

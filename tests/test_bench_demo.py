@@ -4,8 +4,8 @@ import json
 import pandas as pd
 
 from adafilter_lib.cli import main
-from adafilter_lib.config import AdaFilterConfig
 from adafilter_lib.demo import DEMO_METHODS, demo_configs, run_demo
+from adafilter_lib.method_config import AdaFilterConfig
 
 
 def test_bench_prints_the_ratio_line_and_records_the_command(tmp_path, capsys):

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from ..adafilter import AdaFilterModel, convert_to_adafilter
-from ..config import AdaFilterConfig
+from ..method_config import AdaFilterConfig
 from ..model import ModelOutput, TransferModel, backbone_spec
 from .base import Method, _groups
 

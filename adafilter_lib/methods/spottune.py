@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from ..config import SpotTuneConfig
+from ..method_config import SpotTuneConfig
 from ..errors import KitError
 from ..model import ModelOutput, TransferModel
 from .base import Method, _groups
