@@ -66,6 +66,8 @@ class GatedConv2d(nn.Module):
             self.bn_finetuned = _plain_bn(bn)
             self.bn_pretrained = _plain_bn(bn)
             self.bn_pretrained.requires_grad_(bn_pretrained == "trainable")
+            if bn_pretrained == "frozen":
+                self.bn_pretrained.eval()
         else:
             self.bn_finetuned, self.bn_pretrained = _plain_bn(bn), None  # one BN after mixing
 
@@ -87,11 +89,19 @@ class GatedConv2d(nn.Module):
             y = self.bn_finetuned(y)
         return y
 
+    def train(self, mode: bool = True) -> "GatedConv2d":
+        """Like ``nn.Module.train``, but a ``frozen`` pretrained BN stays in evaluation mode.
+
+        Then it normalizes with its ImageNet statistics in training too, and nothing that recomputes the
+        statistics of training-mode BNs (``engine.recalibrate_bn``, "precise BN") can overwrite them.
+        """
+        super().train(mode)
+        if self.bn_pretrained is not None and self.bn_pretrained_mode == "frozen":
+            self.bn_pretrained.eval()
+        return self
+
     def _bn_pre(self, y: torch.Tensor) -> torch.Tensor:
-        bn = self.bn_pretrained
-        if self.bn_pretrained_mode == "frozen":  # ImageNet statistics even in training mode
-            return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-        return bn(y)
+        return self.bn_pretrained(y)  # in "frozen" mode always in eval mode (see train)
 
     def plain_finetuned(self) -> nn.Sequential:
         """A plain conv (+ BN) carrying the fine-tuned filters and BN: what this layer computes for gates = 1."""

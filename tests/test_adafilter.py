@@ -207,3 +207,28 @@ def test_gate_input_pool_matches_average_pooling_in_value_and_gradient():
     (expected * weights).sum().backward()
     assert torch.allclose(x.grad, reference.grad, rtol=0, atol=1e-7)
     assert torch.allclose(x.grad[1, 2], torch.full((4, 6), weights[1, 2].item() / 24))
+
+
+@pytest.mark.parametrize("mode", ["stats", "frozen"])
+def test_precise_bn_recomputes_pretrained_bn_statistics_only_in_stats_mode(mode):
+    from adafilter_lib.engine import recalibrate_bn
+
+    # every conv gated (stem too), so that no ungated BN normalizes with batch statistics below
+    cfg, method, model, reference = _build("resnet18", f"method.adafilter.bn_pretrained={mode}",
+                                           "method.adafilter.gated_layers=all")
+    layers = model.gated_layers()
+    imagenet = {n: (l.bn_pretrained.running_mean.clone(), l.bn_pretrained.running_var.clone()) for n, l in layers.items()}
+    batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])) for _ in range(2)]
+    recalibrate_bn(model, method, batches, torch.device("cpu"), amp=False, channels_last=False)
+    kept = [torch.equal(l.bn_pretrained.running_mean, imagenet[n][0]) and torch.equal(l.bn_pretrained.running_var, imagenet[n][1])
+            for n, l in layers.items()]
+    assert all(kept) if mode == "frozen" else not any(kept)
+    # frozen: the pretrained path normalizes with ImageNet statistics in training mode too, so with
+    # every gate 0 a training-mode forward equals the pretrained backbone in evaluation mode
+    if mode == "frozen":
+        cfg.method.adafilter.gates = "zeros"
+        model.router.cfg = cfg.method.adafilter
+        model.train()
+        x = torch.randn(4, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(model.features(x), reference.features(x), atol=1e-5)
