@@ -78,7 +78,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run, e.g. method.adafilter.gate_bias_init=0.5 (use a separate --runs folder)")
     p.add_argument("--library-defaults", action="store_true",
-                   help="train AdaFilter with the library's gate defaults, not the demo's gate recipe (demo.DEMO_METHOD_SETTINGS)")
+                   help="train AdaFilter with the library's defaults, not the demo's AdaFilter recipe (demo.DEMO_METHOD_SETTINGS)")
 
 
 def _cmd_demo(args) -> int:
