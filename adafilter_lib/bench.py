@@ -28,11 +28,15 @@ from .model import build_transfer_model
 from .runs import atomic_write_json
 
 
-def _models(backbone: str, num_classes: int, device: torch.device, channels_last: bool, also: Sequence[str] = ()):
-    """Fine-tuning, AdaFilter and the ``also`` methods' models (random weights: timing does not depend on them)."""
+def _models(backbone: str, num_classes: int, device: torch.device, channels_last: bool, also: Sequence[str] = (),
+            overrides: Sequence[str] = ()):
+    """Fine-tuning, AdaFilter and the ``also`` methods' models (random weights: timing does not depend on them).
+
+    ``overrides`` (``key=value``, e.g. ``method.adafilter.bn_pretrained=frozen``) apply to every model.
+    """
     built = {}
     for name in dict.fromkeys(("finetune", "adafilter", *also)):
-        cfg = load_config(None, [f"method.name={name}", f"model.backbone={backbone}"])
+        cfg = load_config(None, [f"method.name={name}", f"model.backbone={backbone}", *overrides])
         method = build_method(cfg)
         torch.manual_seed(0)
         model = method.build_model(build_transfer_model(backbone, num_classes, pretrained=False))
@@ -77,14 +81,14 @@ def _eval_step(model, x, device, amp) -> None:
 
 def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmup: int = 3, device: str = "auto",
               channels_last: bool = True, amp: bool = True, out_dir: Optional[str] = "results/bench",
-              command: Optional[str] = None, also: Sequence[str] = ()) -> dict:
+              command: Optional[str] = None, also: Sequence[str] = (), overrides: Sequence[str] = ()) -> dict:
     """Time training and evaluation steps of fine-tuning, AdaFilter and ``also``; return medians (s) and ratios.
 
     Ratios are AdaFilter's over fine-tuning's (``train_step_ratio``, ``eval_step_ratio``) and, for each
     method ``m`` of ``also``, ``train_step_ratio_<m>`` and ``eval_step_ratio_<m>``.
     """
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    models = _models(backbone, 10, dev, channels_last, also)
+    models = _models(backbone, 10, dev, channels_last, also, overrides)
     x = torch.randn(batch, 3, resolution, resolution, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -109,12 +113,14 @@ def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmu
         "eval_step_ratio": med["eval_adafilter"] / med["eval_finetune"],
         **{f"{kind}_step_ratio_{name}": med[f"{kind}_{name}"] / med[f"{kind}_finetune"]
            for name in models if name not in ("finetune", "adafilter") for kind in ("train", "eval")},
-        "also": [name for name in models if name not in ("finetune", "adafilter")],
+        "also": [name for name in models if name not in ("finetune", "adafilter")], "set": list(overrides),
         "command": command,
     }
     if out_dir is not None:
         tag = "cuda" if dev.type == "cuda" else "cpu"
-        extra = "".join(f"_{name}" for name in result["also"])
+        # settings in the name, so that a --set run does not overwrite the record of the defaults
+        extra = "".join(f"_{name}" for name in result["also"]) + "".join(
+            "_" + item.rsplit(".", 1)[-1].replace("=", "-") for item in overrides)
         atomic_write_json(Path(out_dir) / f"{backbone}_{resolution}px_b{batch}_{tag}{extra}.json", result)
     return result
 

@@ -102,6 +102,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--out", default="results/bench", help="folder for the JSON record (default: results/bench)")
     p.add_argument("--also", nargs="+", default=[], metavar="METHOD",
                    help="more methods timed in the same interleaving, e.g. adafilter_all_finetuned (no gate network)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every timed model, e.g. method.adafilter.bn_pretrained=frozen")
 
 
 def _cmd_bench(args) -> int:
@@ -114,11 +116,14 @@ def _cmd_bench(args) -> int:
     command = (f"python -m adafilter_lib bench --backbone {args.backbone} --res {args.res} --batch {args.batch} "
                f"--steps {args.steps} --warmup {args.warmup} --device {args.device}"
                + (" --no-channels-last" if args.no_channels_last else "")
-               + (f" --also {' '.join(args.also)}" if args.also else ""))
+               + (f" --also {' '.join(args.also)}" if args.also else "")
+               + (f" --set {' '.join(args.set)}" if args.set else ""))
     for name in args.also:  # unknown names fail before any model is built, with the valid ones listed
         build_method(load_config(None, [f"method.name={name}"]))
+    load_config(None, list(args.set))  # and so do unknown keys or invalid values
     result = run_bench(args.backbone, args.res, args.batch, args.steps, args.warmup, args.device,
-                       channels_last=not args.no_channels_last, out_dir=args.out, command=command, also=args.also)
+                       channels_last=not args.no_channels_last, out_dir=args.out, command=command, also=args.also,
+                       overrides=args.set)
     print(format_bench(result))
     return 0
 

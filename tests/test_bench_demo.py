@@ -38,6 +38,19 @@ def test_bench_also_times_an_ablation_in_the_same_run_and_rejects_unknown_method
     assert main(["bench-table", "--records", str(tmp_path / "none")]) == 2
 
 
+def test_bench_set_applies_to_the_timed_models_and_names_the_record(tmp_path, monkeypatch):
+    import adafilter_lib.bench as bench
+
+    seen = []
+    build = bench.build_method
+    monkeypatch.setattr(bench, "build_method", lambda cfg: seen.append(cfg.method.adafilter.bn_pretrained) or build(cfg))
+    assert main(["bench", "--backbone", "resnet18", "--res", "32", "--batch", "2", "--steps", "1", "--warmup", "0",
+                 "--out", str(tmp_path), "--set", "method.adafilter.bn_pretrained=frozen"]) == 0
+    assert seen == ["frozen", "frozen"]  # fine-tuning and AdaFilter
+    record = json.loads((tmp_path / "resnet18_32px_b2_cpu_bn_pretrained-frozen.json").read_text())
+    assert record["set"] == ["method.adafilter.bn_pretrained=frozen"] and record["command"].endswith("--set method.adafilter.bn_pretrained=frozen")
+
+
 def test_demo_grid_covers_every_dataset_method_and_seed(tmp_path):
     configs = demo_configs(str(tmp_path), seeds=(0, 1))
     assert len(configs) == 2 * 2 * len(DEMO_METHODS)

@@ -103,3 +103,20 @@ def test_without_gated_bn_one_trainable_bn_follows_the_mix():
     x, g = torch.randn(2, 4, 8, 8), (torch.rand(2, 6) > 0.5).float()
     with torch.no_grad():
         assert torch.allclose(layer(x, g), bn.eval()(conv(x)))  # equal paths at init
+
+
+@pytest.mark.parametrize("layout", ["plain", "depthwise", "pointwise+bias"])
+def test_frozen_pretrained_bn_folded_into_the_conv_equals_conv_then_bn(layout):
+    conv, bn = _conv_bn(**LAYOUTS[layout])
+    layer = GatedConv2d(conv, bn, bn_pretrained="frozen").train()
+    x = torch.randn(3, conv.in_channels, 8, 8, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    folded = layer._pretrained_path(x)
+    unfolded = bn.eval()(conv(x_ref))  # the pretrained conv and BN, ImageNet statistics
+    assert torch.allclose(folded, unfolded, atol=1e-5)
+    weights = torch.randn_like(folded)
+    (folded * weights).sum().backward()
+    (unfolded * weights).sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    # gates all 0 give exactly the pretrained path
+    assert torch.equal(layer(x.detach(), torch.zeros(3, conv.out_channels)), layer._pretrained_path(x.detach()))
