@@ -66,7 +66,7 @@ def test_demo_gives_only_adafilter_its_gate_recipe_and_overrides_win(tmp_path):
                                                                           datasets=(("digits", 10),))}
     recipe = by_method["adafilter"]
     assert (recipe.gate_optimizer, recipe.gate_lr, recipe.gate_warmup_epochs, recipe.gate_bias_init,
-            recipe.bn_pretrained) == ("adamw", 0.01, 2, 0.5, "frozen")
+            recipe.bn_pretrained) == ("adamw", 0.01, 2, 0.5, "stats")
     assert by_method["finetune"] == by_method["adafilter_random"] == AdaFilterConfig()
     # a caller's --set comes last: here it restores the library default of one option
     back = demo_configs(str(tmp_path), methods=("adafilter",), datasets=(("digits", 10),),
