@@ -104,6 +104,7 @@ def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmu
                 if step >= warmup:
                     times[f"{kind}_{name}"].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
+    extra_methods = [name for name in models if name not in ("finetune", "adafilter")]
     result = {
         "backbone": backbone, "resolution": resolution, "batch": batch, "steps": steps, "warmup": warmup,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads, {_cpu_name()})",
@@ -112,8 +113,8 @@ def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmu
         "train_step_ratio": med["train_adafilter"] / med["train_finetune"],
         "eval_step_ratio": med["eval_adafilter"] / med["eval_finetune"],
         **{f"{kind}_step_ratio_{name}": med[f"{kind}_{name}"] / med[f"{kind}_finetune"]
-           for name in models if name not in ("finetune", "adafilter") for kind in ("train", "eval")},
-        "also": [name for name in models if name not in ("finetune", "adafilter")], "set": list(overrides),
+           for name in extra_methods for kind in ("train", "eval")},
+        "also": extra_methods, "set": list(overrides),
         "command": command,
     }
     if out_dir is not None:

@@ -66,10 +66,9 @@ class GatedConv2d(nn.Module):
             self.bn_finetuned = _plain_bn(bn)
             self.bn_pretrained = _plain_bn(bn)
             self.bn_pretrained.requires_grad_(bn_pretrained == "trainable")
-            if bn_pretrained == "frozen":
-                self.bn_pretrained.eval()
         else:
             self.bn_finetuned, self.bn_pretrained = _plain_bn(bn), None  # one BN after mixing
+        self.train(self.training)  # the mode rule of train() (a frozen BN_pre in eval) holds from the start
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
@@ -103,7 +102,8 @@ class GatedConv2d(nn.Module):
                 shift = shift + self.bias_pretrained * scale
             return self._conv(x, self.weight_pretrained * scale.view(-1, 1, 1, 1), shift)
         y = self._conv(x, self.weight_pretrained, self.bias_pretrained)
-        return self._bn_pre(y) if self.gated_bn else y
+        # a frozen BN_pre is in eval mode (see train), so it normalizes with its ImageNet statistics
+        return self.bn_pretrained(y) if self.gated_bn else y
 
     def train(self, mode: bool = True) -> "GatedConv2d":
         """Like ``nn.Module.train``, but a ``frozen`` pretrained BN stays in evaluation mode.
@@ -115,9 +115,6 @@ class GatedConv2d(nn.Module):
         if self.bn_pretrained is not None and self.bn_pretrained_mode == "frozen":
             self.bn_pretrained.eval()
         return self
-
-    def _bn_pre(self, y: torch.Tensor) -> torch.Tensor:
-        return self.bn_pretrained(y)  # in "frozen" mode always in eval mode (see train)
 
     def plain_finetuned(self) -> nn.Sequential:
         """A plain conv (+ BN) carrying the fine-tuned filters and BN: what this layer computes for gates = 1."""
@@ -150,7 +147,7 @@ def reference_gated_conv(layer: GatedConv2d, x: torch.Tensor, gates: torch.Tenso
     in training mode normalizes with the same batch statistics as the fast path.
     """
     ft = layer.bn_finetuned(layer._conv(x, layer.weight_finetuned, layer.bias_finetuned))
-    pre = layer._bn_pre(layer._conv(x, layer.weight_pretrained, layer.bias_pretrained))
+    pre = layer.bn_pretrained(layer._conv(x, layer.weight_pretrained, layer.bias_pretrained))
     out = torch.empty_like(ft)
     for b in range(x.shape[0]):
         for c in range(layer.out_channels):
