@@ -16,6 +16,8 @@ import yaml
 from .errors import KitError
 from .method_config import AdaFilterConfig, MethodConfig
 
+SELECTION_RULES = ("error", "error_then_loss")  # how the best epoch is chosen (trainer.improves)
+
 
 @dataclass
 class DataConfig:
@@ -52,6 +54,7 @@ class OptimConfig:
     gamma: float = 0.1                # decay factor for "step"
     epochs: int = 10
     precise_bn: bool = True           # recompute BN statistics on the training data after each epoch
+    selection: str = "error"          # best epoch: lowest val error, ties keep the earlier; "error_then_loss": ties by val loss
 
 
 @dataclass
@@ -173,6 +176,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.optim.schedule in ("cosine", "step", "constant"), f"optim.schedule must be 'cosine', 'step' or 'constant', got '{cfg.optim.schedule}'"),
         (cfg.optim.lr > 0 and cfg.optim.head_lr > 0, "optim.lr and optim.head_lr must be positive"),
         (cfg.optim.epochs >= 1, "optim.epochs must be at least 1"),
+        (cfg.optim.selection in SELECTION_RULES, f"optim.selection must be one of {', '.join(SELECTION_RULES)}; got '{cfg.optim.selection}'"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
         (0.0 <= cfg.model.head_dropout < 1.0, "model.head_dropout must lie in [0, 1)"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got '{cfg.device}'"),

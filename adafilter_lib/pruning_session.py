@@ -48,7 +48,7 @@ class Session:
         self.path_epoch = 0  # epochs on the path to the reported model (metrics.jsonl numbering)
 
     def train(self, epochs: int, stream: int, fractions: Optional[dict] = None, record: Optional[str] = None,
-              on_epoch: Optional[Callable[[int, float], None]] = None) -> float:
+              on_epoch: Optional[Callable[[int, dict], None]] = None) -> float:
         """Fine-tune ``epochs`` with the current masks (re-spliced at {group: fraction} when splicing); val error.
 
         ``stream`` seeds the data order, so every trial of a round sees the same batches.
@@ -76,7 +76,7 @@ class Session:
                           f"val err {val_err:.1f}% | compression {stats['compression']:.1f}x", flush=True)
                 self.path_epoch += 1
             if on_epoch is not None:
-                on_epoch(epoch, val_err)
+                on_epoch(epoch, val)
         return self.validate(stream)["top1_err"] if val_err is None else val_err
 
     def validate(self, stream: int = 0) -> dict:

@@ -37,7 +37,7 @@ from .config import RunConfig, save_config
 from .engine import evaluate
 from .errors import KitError
 from .pruning_session import Session
-from .trainer import eval_loader
+from .trainer import eval_loader, improves
 
 STUDY_FILE, TRIALS_FILE, SPARSITY_FILE, STATE_FILE = "study.db", "trials.csv", "sparsity.csv", "state.pt"
 TrialHook = Callable[[int, int], None]
@@ -77,9 +77,9 @@ def _final_phase(session: Session, fractions: Optional[dict], state: dict) -> di
     """Masked fine-tuning for ``final_epochs``; keeps the best validation epoch's weights."""
     best = {"val_top1_err": math.inf, "best_epoch": -1, "weights": None}
 
-    def keep_best(epoch: int, val_err: float) -> None:
-        if val_err < best["val_top1_err"]:  # ties keep the earlier epoch
-            best.update(val_top1_err=val_err, best_epoch=epoch, weights=session.snapshot())
+    def keep_best(epoch: int, val: dict) -> None:
+        if improves(val, best, session.cfg.optim.selection):  # the rule fit() uses
+            best.update(val_top1_err=val["top1_err"], val_loss=val["loss"], best_epoch=epoch, weights=session.snapshot())
 
     start = time.perf_counter()
     session.train(session.opts.final_epochs, stream=10_000, fractions=fractions, record="final", on_epoch=keep_best)
