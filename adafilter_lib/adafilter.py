@@ -52,7 +52,7 @@ class GateRouter:
             # layers a mix whose statistics no BN saw in training (measured: 55% vs 18% test error).
             gates = torch.bernoulli(x.new_full((batch, out_channels), 0.5))
         else:
-            pooled = pool_gate_input(x)  # (B, C_in)
+            pooled = pool_gate_input(x if self.cfg.gate_input_grad else x.detach())  # (B, C_in)
             logits = self.gate_net.step(index, pooled)  # (B, C_out)
             gates = binarize_gates(logits, self.training, self.cfg.binarize, self.cfg.noise, self.cfg.temperature)
         self.gates[self.names[index]] = gates

@@ -32,6 +32,8 @@ class AdaFilterConfig:
     usage_target: float = 0.5
     gate_warmup_epochs: int = 0       # first epochs with every gate 1 (fine-tuning with gated BN): the banks drift apart
                                       # before gates learn (equal banks give the gates zero gradient)
+    gate_input_grad: bool = True      # False: the gate network reads detached activations, so the classification
+                                      # loss reaches the filters only through the conv paths, not through the gates
 
 
 @dataclass

@@ -135,6 +135,20 @@ def test_straight_through_gradient_reaches_the_gate_network_once_paths_differ():
     assert all(g > 0 for g in head_grads) and model.gate_net.cell.weight_hh.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_gate_input_grad_decides_whether_the_gates_send_gradient_into_the_filters(input_grad):
+    _, _, model, _ = _build("resnet18", f"method.adafilter.gate_input_grad={input_grad}")
+    _drift(model)
+    model.train()
+    output = model(torch.randn(4, 3, 32, 32))
+    # a loss that reads only the gates: its gradient reaches the filters through the gate network's inputs or not at all
+    sum((g * torch.randn_like(g)).sum() for g in output.gates.values()).backward()
+    assert model.gate_net.heads[-1].weight.grad.abs().sum() > 0  # the gate network learns either way
+    filters = [layer.weight_finetuned.grad for layer in model.gated_layers().values()][:-1]  # the last feeds no gate
+    reached = [g is not None and torch.count_nonzero(g) > 0 for g in filters]
+    assert all(reached) if input_grad else not any(reached)
+
+
 def test_returned_gates_are_keyed_binary_and_shaped():
     _, _, model, _ = _build("mobilenet_v2")
     out = model.eval()(torch.randn(3, 3, 32, 32))
