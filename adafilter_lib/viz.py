@@ -3,14 +3,14 @@
 Every function takes a DataFrame (or, for one image, arrays) and returns a ``matplotlib.figure.Figure``
 built without pyplot: nothing is drawn into a global figure list, so a notebook shows a figure only
 when it displays the return value, and a widget can render hundreds of them without leaking memory.
-:func:`save_figure` writes one atomically (``results/figures/`` in the notebooks).
+:func:`save_figure` writes one atomically (``results/figures/`` in the notebooks). One image's gate
+figures (the gate inspector's panels) are in :mod:`adafilter_lib.image_figures`.
 """
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,8 @@ from .runs import atomic_write_bytes
 GATE_CMAP = "viridis"  # 0 = pretrained filter (dark), 1 = fine-tuned filter (bright)
 
 
-def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """Raise a one-line KitError when ``frame`` lacks ``columns`` or is empty (``what`` names the figure)."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise KitError(f"{what} needs columns {', '.join(columns)}; missing: {', '.join(missing)}")
@@ -55,7 +56,7 @@ def training_curves(curves: pd.DataFrame, metric: str = "top1_err", hue: str = "
         hue: column that colours the lines (e.g. ``method``); seeds of one colour form a mean line with
             a ±1 std band.
     """
-    _require(curves, ["dataset", "epoch", "split", metric, hue], "training_curves")
+    require_columns(curves, ["dataset", "epoch", "split", metric, hue], "training_curves")
     datasets = sorted(curves["dataset"].unique())
     fig = Figure(figsize=(4.5 * len(datasets) + 1.5, 3.6), layout="constrained")
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
@@ -81,7 +82,7 @@ def layer_usage(usage: pd.DataFrame) -> Figure:
     Args:
         usage: :func:`adafilter_lib.records.load_gate_usage` output; only ``group == "all"`` rows are used.
     """
-    _require(usage, ["run_dir", "dataset", "method", "seed", "layer", "layer_index", "group", "frac_finetuned", "frac_std"],
+    require_columns(usage, ["run_dir", "dataset", "method", "seed", "layer", "layer_index", "group", "frac_finetuned", "frac_std"],
              "layer_usage")
     rows = usage[usage["group"] == "all"].sort_values("layer_index")
     fig = Figure(figsize=(max(6.0, 0.16 * rows["layer_index"].nunique() + 2), 3.6), layout="constrained")
@@ -105,7 +106,7 @@ def layer_class_heatmap(usage: pd.DataFrame) -> Figure:
         usage: one run's rows of :func:`adafilter_lib.records.load_gate_usage` (class rows are those with
             ``group != "all"``).
     """
-    _require(usage, ["layer", "layer_index", "group", "frac_finetuned"], "layer_class_heatmap")
+    require_columns(usage, ["layer", "layer_index", "group", "frac_finetuned"], "layer_class_heatmap")
     _one_run(usage, "layer_class_heatmap")
     classes = usage[usage["group"] != "all"]
     grid = classes.pivot(index="group", columns="layer_index", values="frac_finetuned")
@@ -130,7 +131,7 @@ def filter_frequency(frequency: pd.DataFrame) -> Figure:
     Args:
         frequency: :func:`adafilter_lib.records.filter_frequency` output (``layer, layer_index, frequency``).
     """
-    _require(frequency, ["layer", "layer_index", "frequency"], "filter_frequency")
+    require_columns(frequency, ["layer", "layer_index", "frequency"], "filter_frequency")
     names = frequency.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
     fig = Figure(figsize=(max(6.0, 0.18 * len(names) + 2), 3.6), layout="constrained")
     ax = fig.subplots()
@@ -150,7 +151,7 @@ def usage_over_epochs(usage: pd.DataFrame) -> Figure:
     Args:
         usage: one run's rows of :func:`adafilter_lib.records.usage_over_epochs`.
     """
-    _require(usage, ["epoch", "layer", "layer_index", "frac_finetuned"], "usage_over_epochs")
+    require_columns(usage, ["epoch", "layer", "layer_index", "frac_finetuned"], "usage_over_epochs")
     _one_run(usage, "usage_over_epochs")
     grid = usage.pivot(index="layer_index", columns="epoch", values="frac_finetuned").sort_index()
     names = usage.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
@@ -169,7 +170,7 @@ def error_bars(table: pd.DataFrame, metric: str = "top1_err") -> Figure:
     Args:
         table: :func:`adafilter_lib.results.error_table` output (``method, dataset, <metric>, <metric>_std``).
     """
-    _require(table, ["method", "dataset", metric, f"{metric}_std"], "error_bars")
+    require_columns(table, ["method", "dataset", metric, f"{metric}_std"], "error_bars")
     methods, datasets = list(dict.fromkeys(table["method"])), sorted(table["dataset"].unique())
     width = 0.8 / len(methods)
     fig = Figure(figsize=(max(5.0, 1.2 * len(datasets) * max(len(methods), 3) / 3 + 2), 3.6), layout="constrained")
@@ -185,77 +186,6 @@ def error_bars(table: pd.DataFrame, metric: str = "top1_err") -> Figure:
     shown = "" if not seeds else f" ({seeds[0]}{'' if len(seeds) == 1 else f'–{seeds[-1]}'} per bar)"
     ax.set_title(f"Test error, mean ± std over seeds{shown}", fontsize=10)
     ax.legend(fontsize=7, ncols=min(len(methods), 3))
-    return fig
-
-
-def image_profile(profile: pd.DataFrame, ax: Optional[Axes] = None) -> Figure:
-    """Per-layer fraction of fine-tuned filters: one image against its class and the dataset averages.
-
-    Args:
-        profile: :func:`adafilter_lib.records.image_profile` output (``layer_index, series, frac_finetuned``).
-        ax: draw into this axes (of a larger figure) instead of a new figure.
-    """
-    _require(profile, ["layer_index", "series", "frac_finetuned"], "image_profile")
-    if ax is None:
-        ax = Figure(figsize=(6.0, 3.2), layout="constrained").subplots()
-    styles = {"this image": dict(lw=2.0, marker="o", ms=3), "class average": dict(lw=1.2, ls="--"),
-              "dataset average": dict(lw=1.2, ls=":", color="gray")}
-    for series, rows in profile.groupby("series", sort=False):
-        ax.plot(rows["layer_index"], rows["frac_finetuned"], label=series, **styles.get(series, {}))
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("layer (execution order)")
-    ax.set_ylabel("fraction fine-tuned")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7)
-    return ax.figure
-
-
-def gate_grid(gates: np.ndarray) -> np.ndarray:
-    """Lay a layer's C_out gates out row by row on a near-square grid (NaN pads the last row).
-
-    Shape:
-        gates (C_out,) -> (ceil(C_out / W), W) with ``W = ceil(sqrt(C_out))``.
-    """
-    gates = np.asarray(gates, dtype=float).ravel()
-    width = max(1, math.ceil(math.sqrt(gates.size)))
-    grid = np.full(math.ceil(gates.size / width) * width, np.nan)
-    grid[: gates.size] = gates
-    return grid.reshape(-1, width)
-
-
-def gate_map(gates: np.ndarray, layer: str = "", ax: Optional[Axes] = None) -> Figure:
-    """One image's gates of one layer as a grid of cells (filter ``i`` at row ``i // W``, column ``i % W``).
-
-    Args:
-        gates: (C_out,) gate per filter, 1 = fine-tuned.
-        layer: the layer's name, for the title.
-        ax: draw into this axes instead of a new figure.
-    """
-    if ax is None:
-        ax = Figure(figsize=(3.6, 3.4), layout="constrained").subplots()
-    grid = gate_grid(gates)
-    ax.imshow(grid, cmap=GATE_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_xlabel("bright: fine-tuned filter · dark: pretrained", fontsize=7)
-    ax.set_title(f"{layer}: {np.nansum(grid):.0f}/{np.asarray(gates).size} fine-tuned", fontsize=9)
-    return ax.figure
-
-
-def inspector_figure(image: np.ndarray, title: str, profile: pd.DataFrame, gates: np.ndarray, layer: str) -> Figure:
-    """The gate inspector's panel: the image, its per-layer profile, and its gate map for ``layer``.
-
-    Shape:
-        image (H, W, 3) floats in [0, 1]; gates (C_out,).
-    """
-    fig = Figure(figsize=(11.0, 3.2), layout="constrained")
-    left, middle, right = fig.subplots(1, 3, width_ratios=[1.0, 2.2, 1.1])
-    left.imshow(np.clip(image, 0.0, 1.0), interpolation="nearest")
-    left.set_axis_off()
-    left.set_title(title, fontsize=9)
-    image_profile(profile, ax=middle)
-    middle.set_title("fine-tuned filters per layer", fontsize=9)
-    gate_map(gates, layer, ax=right)
     return fig
 
 

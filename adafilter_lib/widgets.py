@@ -23,7 +23,7 @@ from typing import Optional
 import ipywidgets as widgets
 import numpy as np
 
-from . import records, viz
+from . import image_figures, records, viz
 from .config import load_config
 from .data import build_datasets
 from .errors import KitError, unknown_name
@@ -158,7 +158,7 @@ class GateInspector(widgets.VBox):
             image, title = self._image(i), f"label {names[label]} · predicted {names[pred]}"
         except KitError as err:  # e.g. a download-backed dataset that is not on this machine
             image, title = np.ones((8, 8, 3)), f"image unavailable: {err}"[:80]
-        png = viz.figure_png(viz.inspector_figure(image, title, profile, gates, layer))
+        png = viz.figure_png(image_figures.inspector_figure(image, title, profile, gates, layer))
         self.shown = {"run": self.run_picker.value, "image_id": i, "position": self.position.value,
                       "label": names[label], "prediction": names[pred], "loss": float(self._losses[i]),
                       "frac_finetuned": float(self._frac[i]), "layer": layer, "image": image, "profile": profile,
