@@ -33,6 +33,7 @@ class GateRouter:
     def __init__(self, cfg: AdaFilterConfig, gate_net: RecurrentGateNet, names: list[str]):
         self.cfg, self.gate_net, self.names = cfg, gate_net, names
         self.training = self.all_ones = False
+        self.forced: Optional[str] = None  # "ones" / "zeros" beat the configured gates and the warm-up (counterfactual)
         self.gates: dict[str, torch.Tensor] = {}
 
     def begin(self, training: bool, all_ones: bool = False) -> None:
@@ -42,7 +43,7 @@ class GateRouter:
 
     def gates_for(self, index: int, x: torch.Tensor, out_channels: int) -> torch.Tensor:
         """Gates (B, C_out) of gated layer ``index`` whose input is ``x`` (B, C_in, H, W)."""
-        mode, batch = ("ones" if self.all_ones else self.cfg.gates), x.shape[0]
+        mode, batch = (self.forced or ("ones" if self.all_ones else self.cfg.gates)), x.shape[0]
         if mode == "ones":
             gates = x.new_ones(batch, out_channels)
         elif mode == "zeros":

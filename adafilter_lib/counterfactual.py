@@ -17,7 +17,6 @@ reported beside it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
@@ -44,24 +43,19 @@ GATE_OVERRIDES = ("learned", "ones", "zeros")
 def gates_overridden(model: AdaFilterModel, gates: str) -> Iterator[AdaFilterModel]:
     """Within the block, ``model`` computes every gate as ``gates`` says ("learned", "ones" or "zeros").
 
-    The router's options are swapped for a copy and restored on exit, also when the block raises;
-    ``learned`` leaves the model as it is (a checkpoint taken during the gate warm-up keeps its ones).
+    The router's ``forced`` mode is set for the block and restored on exit, also when the block raises;
+    it takes precedence over the gate warm-up, and ``learned`` leaves the model as it is (a checkpoint
+    taken during the warm-up keeps its ones). Nothing in the model's state changes.
     """
     if gates not in GATE_OVERRIDES:
         raise KitError(f"unknown gate override '{gates}'; valid: {', '.join(GATE_OVERRIDES)}")
-    router, saved = model.router, model.router.cfg
-    warmup = model._buffers.get("gate_warmup")  # a checkpoint from the warm-up forces every gate to 1
-    in_warmup = warmup is not None and bool(warmup)
-    if gates != "learned":
-        router.cfg = dataclasses.replace(saved, gates=gates)
-        if in_warmup:
-            warmup.fill_(False)
+    router = model.router
+    saved = router.forced
+    router.forced = None if gates == "learned" else gates
     try:
         yield model
     finally:
-        router.cfg = saved
-        if in_warmup:
-            warmup.fill_(True)
+        router.forced = saved
 
 
 def counterfactual_errors(run_dir: Union[str, Path], overrides: Sequence[str] = GATE_OVERRIDES,
