@@ -1,7 +1,7 @@
 """CLI subcommands for paper-scale work: ``prepare`` (datasets) and ``sweep`` (grids of runs)."""
 from __future__ import annotations
 
-DATASETS_HELP = "paper datasets: stanford_dogs mit_indoor67 caltech256_30 caltech256_60 fgvc_aircraft ucf101 omniglot_decathlon uc_merced dtd"
+DATASETS_HELP = "paper datasets: stanford_dogs mit_indoor67 caltech256_30 caltech256_60 fgvc_aircraft ucf101 omniglot_decathlon uc_merced_full dtd"
 
 
 def add_parsers(sub) -> None:

@@ -87,7 +87,7 @@ ARCHIVE_SETS: dict[str, ArchiveSet] = {
         Archive("TrainImages.txt", "http://web.mit.edu/torralba/www/TrainImages.txt", None),
         Archive("TestImages.txt", "http://web.mit.edu/torralba/www/TestImages.txt", None)),
         _unpack_into("mit_indoor67")),
-    "uc_merced": ArchiveSet((
+    "uc_merced_full": ArchiveSet((
         Archive("UCMerced_LandUse.zip", "http://weegee.vision.ucmerced.edu/datasets/UCMerced_LandUse.zip",
                 "06c539ef28703a58fb07bd2837991ac7c48b813b00bb12ac197efd813a18daeb", 332468434),),
         _unpack_into(".")),

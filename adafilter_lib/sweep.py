@@ -27,7 +27,7 @@ from .trainer import fit
 PAPER_REDUCTION = 2.54  # AdaFilter vs fine-tuning, mean top-1 error over 7 datasets (points; Guo et al. 2020)
 # Training-pool sizes of the paper datasets, for --dry-run estimates only.
 TRAIN_IMAGES = {"stanford_dogs": 12000, "mit_indoor67": 5360, "caltech256_30": 7680, "caltech256_60": 15360,
-                "fgvc_aircraft": 6667, "ucf101": 7629, "omniglot_decathlon": 17853, "uc_merced": 1680, "dtd": 3760}
+                "fgvc_aircraft": 6667, "ucf101": 7629, "omniglot_decathlon": 17853, "uc_merced_full": 1680, "dtd": 3760}
 
 
 def parse_shard(text: str) -> tuple[int, int]:

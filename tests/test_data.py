@@ -12,6 +12,7 @@ from PIL import Image
 
 from adafilter_lib.config import DataConfig
 from adafilter_lib.data import DATASETS, build_datasets, dataset_names
+from adafilter_lib.data import uc_merced
 from adafilter_lib.data.folder import FileImages
 from adafilter_lib.data.splits import TEST_SEED, carve_train_val, stratified_holdout
 from adafilter_lib.data.transforms import PRESETS, eval_transform, train_transform
@@ -223,12 +224,89 @@ def test_stanford_dogs_mat_lists(tmp_path):
     assert len(splits.train) + len(splits.val) == 6 and len(splits.test) == 2
 
 
-def test_uc_merced_fake_tree(tmp_path):
-    class_tree(tmp_path / "UCMerced_LandUse" / "Images", {"beach": 10, "forest": 5}, ext=".tif")
-    splits = build("uc_merced", root=str(tmp_path))
+SHARED_UC_MERCED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "uc_merced"
+
+
+def test_uc_merced_split_is_fixed_balanced_and_keeps_the_duplicate_pair_together():
+    split = uc_merced.read_split()
+    stems = sorted(split)
+    classes = sorted({c for c, _ in split.values()})
+    labels = np.array([classes.index(split[s][0]) for s in stems])
+    test = {s for s in stems if split[s][1] == "test"}
+    assert len(stems) == 2100 and len(classes) == 21 and len(test) == 420
+    assert np.bincount(labels[[split[s][1] == "test" for s in stems]]).tolist() == [20] * 21
+    assert split["airplane01"][1] == split["airplane02"][1]
+    # The written file is what the carving function gives: the same test files every time.
+    assert uc_merced.carve_test_split(stems, labels, classes) == test
+
+
+@pytest.mark.parametrize("n", range(4, 16))
+def test_carve_test_split_never_separates_the_duplicate_pair(n):
+    stems = [f"airplane{i:02d}" for i in range(n)] + [f"beach{i:02d}" for i in range(n)]
+    labels = np.array([0] * n + [1] * n)
+    test = uc_merced.carve_test_split(stems, labels, ["airplane", "beach"])
+    _, plain = stratified_holdout(labels, 0.2, TEST_SEED)
+    assert ("airplane01" in test) == ("airplane02" in test)
+    assert len(test) == len(plain) and sum(s.startswith("beach") for s in test) == sum(labels[plain] == 1)
+
+
+def test_carve_test_split_swaps_when_the_seeded_carving_separates_the_pair():
+    separated = []
+    for n in range(4, 40):
+        stems = [f"airplane{i:02d}" for i in range(n)]
+        _, held = stratified_holdout(np.zeros(n, dtype=int), 0.2, TEST_SEED)
+        if ("airplane01" in {stems[i] for i in held}) != ("airplane02" in {stems[i] for i in held}):
+            separated.append(n)
+            test = uc_merced.carve_test_split(stems, np.zeros(n, dtype=int), ["airplane"])
+            assert ("airplane01" in test) == ("airplane02" in test) and len(test) == len(held)
+    assert separated  # the swap path is exercised, not only the lucky case
+
+
+def test_uc_merced_bundled_copy_loads_offline_with_the_fixed_split():
+    splits = build("uc_merced", n_per_class=20, resolution=48)
+    assert len(splits.classes) == 21 and splits.classes[0] == "agricultural"
+    assert len(splits.train) == 21 * 16 and len(splits.val) == 21 * 4 and len(splits.test) == 420
+    assert np.bincount(splits.test.labels).tolist() == [20] * 21
+    image, _ = splits.test[0]
+    assert image.shape == (3, 48, 48) and image.dtype == torch.float32
+
+
+def _release_tree(root: Path, classes: dict[str, int], ext: str = ".tif") -> None:
+    for cls, n in classes.items():
+        for i in range(n):
+            write_image(root / cls / f"{cls}{i:02d}{ext}", size=(20, 19), seed=i)
+
+
+def test_uc_merced_full_zip_layout_uses_the_bundled_split(tmp_path):
+    _release_tree(tmp_path / "UCMerced_LandUse" / "Images", {"beach": 100, "forest": 100})
+    splits = build("uc_merced_full", root=str(tmp_path))
+    split = uc_merced.read_split()
     assert splits.classes == ["beach", "forest"]
-    assert np.bincount(splits.test.labels).tolist() == [2, 1]
-    assert splits.train[0][0].shape == (3, 32, 32)
+    expected = sorted(s for s, (c, part) in split.items() if part == "test" and c in ("beach", "forest"))
+    assert sorted(Path(p).stem for p in splits.test.paths) == expected
+
+
+def test_uc_merced_full_refuses_stray_files_and_missing_release(tmp_path):
+    _release_tree(tmp_path / "uc_merced", {"beach": 3})
+    write_image(tmp_path / "uc_merced" / "beach" / "holiday.jpg")
+    with pytest.raises(KitError, match="not an image of the UC Merced release"):
+        build("uc_merced_full", root=str(tmp_path))
+    with pytest.raises(KitError) as excinfo:
+        build("uc_merced_full", root=str(tmp_path / "nothing"))
+    assert "uc_merced_full" in one_line_error(excinfo) and "prepare" in one_line_error(excinfo)
+
+
+@pytest.mark.skipif(not SHARED_UC_MERCED.is_dir(), reason="the full-resolution UC Merced release (../shared/data/uc_merced) "
+                    "is only on the project's CI and development machines")
+def test_uc_merced_full_reads_the_real_release():
+    splits = build("uc_merced_full", root=str(SHARED_UC_MERCED.parent), resolution=32)
+    compact = build("uc_merced", resolution=32)
+    assert splits.classes == compact.classes
+    assert len(splits.train) + len(splits.val) == 1680 and len(splits.test) == 420
+    assert np.array_equal(splits.test.labels, compact.test.labels)
+    with Image.open(splits.test.paths[0]) as image:
+        assert min(image.size) >= 242  # full resolution, not the compact copy
+    assert splits.test[0][0].shape == (3, 32, 32)
 
 
 # ---------------------------------------------------------------- torchvision-backed paper sets

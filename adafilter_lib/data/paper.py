@@ -9,7 +9,7 @@ when it reports the data missing is it asked to download, and if that fails a on
 :class:`KitError` says where to get the data and where to put it.
 
 Archive-backed (the user places the official files under ``DataConfig.root``): ``stanford_dogs``,
-``mit_indoor67`` and ``uc_merced``. Nothing here runs at import time; torchvision classes are
+``mit_indoor67`` (``uc_merced_full`` lives in :mod:`.uc_merced`). Nothing here runs at import time; torchvision classes are
 looked up when a loader is called (which also lets tests replace them).
 """
 from __future__ import annotations
@@ -22,10 +22,7 @@ import numpy as np
 
 from ..errors import KitError
 from .folder import FileImages, _first_line, class_dirs, images_in
-from .splits import TEST_SEED, Pool, sample_per_class, stratified_holdout
-
-UC_MERCED_TEST_FRACTION = 0.2
-
+from .splits import TEST_SEED, Pool, sample_per_class
 
 def _root(cfg) -> Path:
     return Path(getattr(cfg, "root", "data")).expanduser()
@@ -215,22 +212,3 @@ def load_mit_indoor67(cfg) -> Pool:
                         "Images/, TrainImages.txt and TestImages.txt",
                         "download indoorCVPR_09.tar, TrainImages.txt and TestImages.txt from "
                         "https://web.mit.edu/torralba/www/indoor.html and put them (the archive extracted) there")
-
-
-def load_uc_merced(cfg) -> Pool:
-    """UC Merced Land Use (21 classes) from ``<root>/UCMerced_LandUse/Images/<class>/*.tif``; fixed 80/20 split."""
-    images = _root(cfg) / "UCMerced_LandUse" / "Images"
-    if not images.is_dir() or not class_dirs(images):
-        raise _missing("uc_merced", _root(cfg), "UCMerced_LandUse/Images/<class>/*.tif",
-                       "download UCMerced_LandUse.zip from http://weegee.vision.ucmerced.edu/datasets/landuse.html "
-                       "and extract it there")
-    classes, paths, labels = [], [], []
-    for label, folder in enumerate(class_dirs(images)):
-        classes.append(folder.name)
-        found = images_in(folder)
-        paths += found
-        labels += [label] * len(found)
-    labels = np.asarray(labels, dtype=np.int64)
-    rest, test = stratified_holdout(labels, UC_MERCED_TEST_FRACTION, TEST_SEED, classes, "test")
-    pool = FileImages(paths, labels)
-    return Pool(classes, pool.subset(rest), pool.subset(test))

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from ..errors import unknown_name
-from . import decathlon, offline, paper
+from . import decathlon, offline, paper, uc_merced
 from .folder import load_folder_pool
 from .splits import Pool, carve_train_val
 from .transforms import check_preset, eval_transform, train_transform
@@ -73,8 +73,10 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
                 "UCF-101 dynamic images (Visual Decathlon archives under root/decathlon); official train / val"),
     DatasetSpec("omniglot_decathlon", 1623, decathlon.load_omniglot_decathlon, "light", False, False,
                 "Omniglot as in the Visual Decathlon (archives under root/decathlon); official train / val"),
-    DatasetSpec("uc_merced", 21, paper.load_uc_merced, "standard", True, False,
-                "UC Merced Land Use (archive under root/UCMerced_LandUse); fixed 80/20 split"),
+    DatasetSpec("uc_merced", 21, uc_merced.load_compact_pool, "standard", True, True,
+                "UC Merced Land Use: 2,100 aerial photos (21 classes), compact 128 px copy shipped with the kit; fixed 420-image test split"),
+    DatasetSpec("uc_merced_full", 21, uc_merced.load_full_pool, "standard", True, False,
+                "UC Merced Land Use at full resolution (release under root/UCMerced_LandUse/Images); the same test split"),
 ]}
 
 
