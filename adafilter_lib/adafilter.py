@@ -27,19 +27,43 @@ class GateRouter:
     """Decides the gates of every gated layer during one forward and keeps them for the model's output.
 
     Not an ``nn.Module``: it is shared by all sites and the model, and owns no parameters (the gate
-    network it calls is a submodule of :class:`AdaFilterModel`).
+    network it calls is a submodule of :class:`AdaFilterModel`). With ``gate_input="previous_output"``
+    (the paper's Fig. 1) the first gate reads the pooled image and every later gate the pooled output
+    of the gated layer before it; with ``"layer_input"`` each gate reads its own layer's input.
     """
 
-    def __init__(self, cfg: AdaFilterConfig, gate_net: RecurrentGateNet, names: list[str]):
+    def __init__(self, cfg: AdaFilterConfig, gate_net: RecurrentGateNet, names: list[str], sample_seed: int = 0):
         self.cfg, self.gate_net, self.names = cfg, gate_net, names
         self.training = self.all_ones = False
         self.forced: Optional[str] = None  # "ones" / "zeros" beat the configured gates and the warm-up (counterfactual)
         self.gates: dict[str, torch.Tensor] = {}
+        self.previous: Optional[torch.Tensor] = None  # (B, C) pooled output of the last gated layer (previous_output)
+        self.sample_seed = sample_seed
+        self._generators: dict[torch.device, torch.Generator] = {}
 
-    def begin(self, training: bool, all_ones: bool = False) -> None:
+    def begin(self, training: bool, all_ones: bool = False, images: Optional[torch.Tensor] = None) -> None:
         """Start one forward; ``all_ones`` overrides the gate mode with every gate 1 (gate warm-up)."""
         self.training, self.gates, self.all_ones = training, {}, all_ones
         self.gate_net.reset()
+        if self.cfg.gate_input == "previous_output" and images is not None:
+            self.previous = self._pool(images)
+
+    def restart_sampling(self) -> None:
+        """Re-seed the evaluation-time gate samples (``eval_gates`` sample / mean) with ``sample_seed``.
+
+        Called whenever the model enters evaluation mode, so every evaluation pass of a run draws the same
+        gates (resumed runs included) and another seed draws others.
+        """
+        for device, generator in self._generators.items():
+            generator.manual_seed(self.sample_seed)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.sample_seed)
+        return self._generators[device]
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_gate_input(x if self.cfg.gate_input_grad else x.detach())  # (B, C)
 
     def gates_for(self, index: int, x: torch.Tensor, out_channels: int) -> torch.Tensor:
         """Gates (B, C_out) of gated layer ``index`` whose input is ``x`` (B, C_in, H, W)."""
@@ -53,11 +77,18 @@ class GateRouter:
             # layers a mix whose statistics no BN saw in training (measured: 55% vs 18% test error).
             gates = torch.bernoulli(x.new_full((batch, out_channels), 0.5))
         else:
-            pooled = pool_gate_input(x if self.cfg.gate_input_grad else x.detach())  # (B, C_in)
+            pooled = self.previous if self.cfg.gate_input == "previous_output" else self._pool(x)  # (B, C_in)
             logits = self.gate_net.step(index, pooled)  # (B, C_out)
-            gates = binarize_gates(logits, self.training, self.cfg.binarize, self.cfg.noise, self.cfg.temperature)
+            cfg = self.cfg
+            generator = None if self.training or cfg.eval_gates == "threshold" else self._generator(logits.device)
+            gates = binarize_gates(logits, self.training, cfg.binarize, cfg.noise, cfg.temperature, cfg.eval_gates, generator)
         self.gates[self.names[index]] = gates
         return gates
+
+    def layer_done(self, output: torch.Tensor) -> None:
+        """Record a gated layer's output (B, C_out, H, W) as the next gate's input (``previous_output`` only)."""
+        if self.cfg.gate_input == "previous_output":
+            self.previous = self._pool(output)
 
 
 class GatedSite(nn.Module):
@@ -69,7 +100,9 @@ class GatedSite(nn.Module):
         self.__dict__["router"] = router  # a plain reference, not a registered submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x, self.router.gates_for(self.index, x, self.layer.out_channels))
+        y = self.layer(x, self.router.gates_for(self.index, x, self.layer.out_channels))
+        self.router.layer_done(y)
+        return y
 
 
 class AdaFilterModel(TransferModel):
@@ -93,9 +126,29 @@ class AdaFilterModel(TransferModel):
         return list(self.router.names)
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
-        self.router.begin(self.training, "gate_warmup" in self._buffers and bool(self.gate_warmup))
+        warmup = "gate_warmup" in self._buffers and bool(self.gate_warmup)
+        cfg = self.router.cfg
+        if self.training or warmup or self.router.forced or cfg.gates != "learned" or cfg.eval_gates != "mean":
+            return self._single_pass(images, warmup)
+        # eval_gates="mean": average the class probabilities of K passes with sampled gates; the gates
+        # reported are each filter's majority choice over the K draws.
+        passes = [self._single_pass(images, False) for _ in range(cfg.eval_samples)]
+        probs = torch.stack([p.logits.float().softmax(1) for p in passes]).mean(0)  # (B, K)
+        gates = {name: (torch.stack([p.gates[name] for p in passes]).mean(0) >= 0.5).to(passes[0].gates[name].dtype)
+                 for name in passes[0].gates}
+        return ModelOutput(probs.clamp_min(1e-12).log(), gates)
+
+    def _single_pass(self, images: torch.Tensor, warmup: bool) -> ModelOutput:
+        self.router.begin(self.training, warmup, images)
         pooled = self.features(images)  # gated sites fill router.gates in execution order
         return ModelOutput(self.head(self.dropout(pooled)), dict(self.router.gates))
+
+    def train(self, mode: bool = True) -> "AdaFilterModel":
+        """``nn.Module.train``; entering evaluation mode also re-seeds sampled evaluation gates."""
+        super().train(mode)
+        if not mode:
+            self.router.restart_sampling()
+        return self
 
     def gated_layers(self) -> dict[str, GatedConv2d]:
         return {name: module.layer for name, module in zip(self.router.names, self._sites())}
@@ -141,13 +194,15 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
-def convert_to_adafilter(model: TransferModel, cfg: AdaFilterConfig, stage_pattern: str) -> AdaFilterModel:
+def convert_to_adafilter(model: TransferModel, cfg: AdaFilterConfig, stage_pattern: str,
+                         sample_seed: int = 0) -> AdaFilterModel:
     """Replace the selected convs (and their BNs) of ``model.features`` by gated sites.
 
     Args:
         model: a pretrained TransferModel (its weights become both filter banks).
         cfg: AdaFilter options (which layers, gated BN mode, gate network).
         stage_pattern: regex selecting the "stages" convs by module name (from the backbone spec).
+        sample_seed: seed of the evaluation-time gate samples (``eval_gates`` sample / mean): the run seed.
     Returns:
         The AdaFilterModel; it shares the head and every unconverted module with ``model``.
     """
@@ -156,8 +211,11 @@ def convert_to_adafilter(model: TransferModel, cfg: AdaFilterConfig, stage_patte
         pairs = [(conv, bn) for conv, bn in pairs if re.search(stage_pattern, conv)]
     names = [conv for conv, _ in pairs]
     convs = [model.features.get_submodule(conv) for conv in names]
-    gate_net = RecurrentGateNet([c.in_channels for c in convs], [c.out_channels for c in convs], cfg.hidden, cfg.gate_bias_init)
-    router = GateRouter(cfg, gate_net, names)
+    outputs = [c.out_channels for c in convs]
+    # previous_output: gate 0 reads the pooled RGB image, gate l the pooled output of gated layer l - 1.
+    inputs = [3, *outputs[:-1]] if cfg.gate_input == "previous_output" else [c.in_channels for c in convs]
+    gate_net = RecurrentGateNet(inputs, outputs, cfg.hidden, cfg.gate_bias_init)
+    router = GateRouter(cfg, gate_net, names, sample_seed)
     for index, ((conv_name, bn_name), conv) in enumerate(zip(pairs, convs)):
         bn = model.features.get_submodule(bn_name) if bn_name else None
         layer = GatedConv2d(conv, bn, gated_bn=cfg.gated_bn, bn_pretrained=cfg.bn_pretrained)

@@ -16,16 +16,21 @@ from torch import nn
 
 BINARIZE_MODES = ("straight_through", "soft")
 NOISE_MODES = ("none", "logistic")
+EVAL_MODES = ("threshold", "sample", "mean")
 
 
 def binarize_gates(logits: torch.Tensor, training: bool, mode: str = "straight_through", noise: str = "none",
-                   temperature: float = 1.0) -> torch.Tensor:
+                   temperature: float = 1.0, eval_mode: str = "threshold",
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Gate logits to gates in [0, 1]; 1 selects the fine-tuned filter.
 
     - ``straight_through``: the forward value is hard (0/1); the backward uses the gradient of the
       relaxed ``sigmoid(logits / temperature)``. In training, ``noise="logistic"`` perturbs the logits
-      with logistic noise first (a binary Gumbel-softmax sample); in evaluation the gate is the
-      deterministic threshold ``logits > 0``.
+      with logistic noise first: the hard gate is then a Bernoulli draw with ``P(1) = sigmoid(logits)``
+      (a two-class Gumbel-softmax sample, as in SpotTune and ConvNet-AIG; the temperature shapes only
+      the gradient). In evaluation, ``eval_mode="threshold"`` gives the deterministic ``logits > 0``;
+      ``"sample"`` and ``"mean"`` draw the same Bernoulli gate with ``generator`` (the model averages
+      ``mean``'s K draws, see :class:`~adafilter_lib.adafilter.AdaFilterModel`).
     - ``soft``: the continuous ``sigmoid(logits / temperature)`` in training and evaluation (ablation).
 
     Shape:
@@ -34,13 +39,20 @@ def binarize_gates(logits: torch.Tensor, training: bool, mode: str = "straight_t
     if mode == "soft":
         return torch.sigmoid(logits / temperature if temperature != 1.0 else logits)
     if not training:
-        return (logits > 0).to(logits.dtype)
+        if eval_mode == "threshold":
+            return (logits > 0).to(logits.dtype)
+        return (_logistic_noise(logits, generator) + logits > 0).to(logits.dtype)
     if noise == "logistic":
-        u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
-        logits = logits + torch.log(u) - torch.log1p(-u)
+        logits = logits + _logistic_noise(logits)
     if temperature != 1.0:  # skipped at 1: a division per layer is measurable on CPU
         logits = logits / temperature
     return _StraightThrough.apply(torch.sigmoid(logits))
+
+
+def _logistic_noise(like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Standard logistic noise of ``like``'s shape: ``logits + noise > 0`` is Bernoulli(sigmoid(logits))."""
+    u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype).clamp_(1e-6, 1 - 1e-6)
+    return torch.log(u) - torch.log1p(-u)
 
 
 class _StraightThrough(torch.autograd.Function):

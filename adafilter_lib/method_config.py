@@ -28,8 +28,16 @@ class AdaFilterConfig:
     gate_bias_init: float = 0.0       # initial gate logit (> 0 leans to fine-tuned filters)
     gate_lr: float = 0.1              # learning rate of the gate network (its gradients are small: paths start equal)
     gate_optimizer: Optional[str] = None  # the gate network's update rule: None = optim.optimizer, or "sgd" / "adamw"
+    gate_weight_decay: Optional[float] = None  # weight decay of the gate network: None = optim.weight_decay (SpotTune: 1e-3)
+    eval_gates: str = "threshold"     # evaluation: "threshold" (logit > 0), "sample" (one Bernoulli draw per gate,
+                                      # seeded by the run seed), "mean" (class probabilities averaged over eval_samples draws)
+    eval_samples: int = 8             # K for eval_gates="mean"
+    gate_input: str = "layer_input"   # what each gate reads: "layer_input" (its layer's pooled input) or "previous_output"
+                                      # (Fig. 1 of the paper: the image for the first gate, then the previous gated layer's output)
     usage_penalty: float = 0.0        # lam in lam * (mean(g) - usage_target)^2; 0 = off
     usage_target: float = 0.5
+    usage_scope: str = "all"          # "all": one mean over every gate; "layer": the mean over layers of each layer's
+                                      # (mean(g_l) - target)^2, ConvNet-AIG's target-rate loss (t = 0.7, lam = 1 there)
     gate_warmup_epochs: int = 0       # first epochs with every gate 1 (fine-tuning with gated BN): the banks drift apart
                                       # before gates learn (equal banks give the gates zero gradient)
     gate_input_grad: bool = True      # False: the gate network reads detached activations, so the classification

@@ -32,7 +32,7 @@ class AdaFilter(Method):
         return dataclasses.replace(self.cfg.method.adafilter, **self.overrides)
 
     def build_model(self, model: TransferModel) -> AdaFilterModel:
-        return convert_to_adafilter(model, self.options, backbone_spec(self.cfg.model.backbone).stage_pattern)
+        return convert_to_adafilter(model, self.options, backbone_spec(self.cfg.model.backbone).stage_pattern, self.cfg.seed)
 
     def prepare(self, model: AdaFilterModel) -> None:
         model.requires_grad_(True)
@@ -51,17 +51,28 @@ class AdaFilter(Method):
         if self.options.gates != "learned":  # fixed gates: the gate network would get no gradient
             return [g for g in groups if g["name"] != "gate_net"]
         for group in groups:
-            if group["name"] == "gate_net" and self.options.gate_optimizer:
+            if group["name"] != "gate_net":
+                continue
+            if self.options.gate_optimizer:
                 group["optimizer"] = self.options.gate_optimizer  # engine.build_optimizer honours it
+            if self.options.gate_weight_decay is not None:
+                group["weight_decay"] = self.options.gate_weight_decay  # a per-group value beats optim.weight_decay
         return groups
 
     def extra_loss(self, model: AdaFilterModel, output: ModelOutput) -> Optional[torch.Tensor]:
-        """``lam * (mean(g) - target)^2`` over all gates of the batch, when the usage penalty is on."""
+        """The gate usage penalty, when on: ``lam * (mean(g) - target)^2`` over all gates of the batch
+        (``usage_scope="all"``), or ``lam * mean_l (mean(g_l) - target)^2`` over the gated layers ``l``
+        (``"layer"``, ConvNet-AIG's target-rate loss: no layer can drift to all-fine-tuned on its own).
+        The hard gates carry the straight-through gradient, so the penalty reaches the gate network."""
         lam = self.options.usage_penalty
         if lam == 0 or not output.gates:
             return None
+        target = self.options.usage_target
+        if self.options.usage_scope == "layer":
+            rates = torch.stack([g.float().mean() for g in output.gates.values()])  # (L,)
+            return lam * ((rates - target) ** 2).mean()
         usage = torch.cat([g.flatten() for g in output.gates.values()]).mean()
-        return lam * (usage - self.options.usage_target) ** 2
+        return lam * (usage - target) ** 2
 
 
 def _ablation(name: str, **overrides) -> type[AdaFilter]:
