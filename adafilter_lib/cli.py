@@ -11,6 +11,7 @@ from typing import Optional
 
 from . import cli_paper
 from . import cli_pruning
+from . import cli_tune
 from .cli_args import add_run_options, config_from_args
 from .errors import KitError
 
@@ -22,6 +23,7 @@ EXAMPLES = """examples:
   python -m adafilter_lib table --runs runs --out results/my_study
   python -m adafilter_lib table --runs runs --out results/my_study --metric test_frac_finetuned
   python -m adafilter_lib demo
+  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml   # lr chosen on validation per method, then 3 seeds
   python -m adafilter_lib bench --backbone resnet18 --res 64 --batch 32 --also adafilter_all_finetuned
   python -m adafilter_lib bench-table                 # every record in results/bench as a markdown table
   python -m adafilter_lib drift --runs runs/demo --out results/drift.csv
@@ -213,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_counterfactual(sub)
     cli_paper.add_parsers(sub)
     cli_pruning.add_parsers(sub)
+    cli_tune.add_parsers(sub)
     sub.add_parser("list", help="list the dataset, method and backbone names")
     return parser
 
@@ -220,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "bench-table": _cmd_bench_table,
             "drift": _cmd_drift, "counterfactual": _cmd_counterfactual,
             "list": _cmd_list,
-            **cli_paper.COMMANDS, **cli_pruning.COMMANDS}
+            **cli_paper.COMMANDS, **cli_pruning.COMMANDS, **cli_tune.COMMANDS}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,0 +1,51 @@
+"""The ``tune`` command: a selection study from a recipe file (see :mod:`adafilter_lib.tune`).
+
+Hooked into :mod:`adafilter_lib.cli` by :func:`add_parsers` and ``COMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="a selection study: each method over its lr grid, cell chosen on validation, then all seeds",
+                       description="Train every row of a study recipe over its cells (learning-rate grid x variants), keep "
+                                   "per row and dataset the cell with the lowest validation error, train the remaining "
+                                   "seeds there, and write cells.csv, comparison.{csv,md}, per-row tables and a README. "
+                                   "Resumable: run the same command again after an interruption.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml --dry-run\n"
+                              "  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml --rows finetune adafilter")
+    p.add_argument("recipe", help="study recipe (YAML; see configs/studies/)")
+    p.add_argument("--rows", nargs="+", help="only these rows (the reference row is kept)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the state of every selection run, train nothing")
+    p.add_argument("--tables-only", action="store_true", help="write the tables from the runs that finished so far (a study stopped half-way), train nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-epoch lines")
+
+
+def _cmd_tune(args) -> int:
+    from .tune import chosen_so_far, load_study, rows_named, run_study, selection_runs
+    from .tune_tables import write_tables
+
+    study = rows_named(load_study(args.recipe), args.rows)
+    if args.dry_run:
+        run_study(study, dry_run=True)
+        return 0
+    if args.tables_only:
+        chosen = chosen_so_far(study)  # rows whose selection is unfinished are left out of comparison.md
+    else:
+        chosen = run_study(study, progress=not args.no_progress)
+    command = "python -m adafilter_lib tune " + " ".join(shlex.quote(a) for a in [args.recipe] + (["--rows", *args.rows] if args.rows else []))
+    table = write_tables(study, selection_runs(study, chosen), command)
+    print(table.to_markdown(index=False, floatfmt=".2f"))
+    print(f"written: {study.out_dir}/comparison.md, comparison.csv, cells.csv, README.md and one folder per row")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Add ``tune`` to the CLI's subparsers."""
+    _add_tune(sub)
+
+
+COMMANDS = {"tune": _cmd_tune}

@@ -1,0 +1,96 @@
+"""Selection studies: cells from the recipe, the choice on validation only, other seeds at the chosen cell, tables."""
+import math
+
+import pandas as pd
+import pytest
+import yaml
+
+from adafilter_lib import cli
+from adafilter_lib.errors import KitError
+from adafilter_lib.trainer import fit
+from adafilter_lib.tune import choose_cell, expand_cells, load_study, run_study, selection_runs
+from adafilter_lib.tune_tables import write_tables
+
+TINY = ["data.n_per_class=4", "data.val_fraction=0.25", "data.resolution=32", "data.batch_size=8",
+        "model.backbone=resnet18", "model.pretrained=false", "optim.epochs=1", "device=cpu"]
+
+
+def _recipe(tmp_path, **changes) -> str:
+    spec = {"set": TINY, "datasets": {"digits": 4}, "seeds": [0, 1], "select": "first", "reference": "finetune",
+            "runs": str(tmp_path / "runs"), "out": str(tmp_path / "out"),
+            "rows": {"finetune": {"grid": {"optim.lr": [0.001, 0.05]}},
+                     "adafilter_x": {"method": "adafilter", "set": ["method.adafilter.hidden=8"],
+                                     "variants": {"plain": [], "warm": ["method.adafilter.gate_warmup_epochs=1"]}}}}
+    spec.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_cells_are_the_product_of_variants_and_grid_in_recipe_order():
+    cells = expand_cells({"optim.lr": [0.01, 0.02], "method.adafilter.gate_lr": [0.1]}, {"a": ["x=1"], "b": []})
+    assert list(cells) == ["a_lr0.01_gate_lr0.1", "a_lr0.02_gate_lr0.1", "b_lr0.01_gate_lr0.1", "b_lr0.02_gate_lr0.1"]
+    assert cells["a_lr0.02_gate_lr0.1"] == ("x=1", "optim.lr=0.02", "method.adafilter.gate_lr=0.1")
+    assert expand_cells(None, None) == {"default": ()}
+
+
+def test_choice_is_lowest_val_error_then_val_loss_then_recipe_order():
+    assert choose_cell({"a": (10.0, 0.5), "b": (5.0, 0.9), "c": (5.0, 0.9)}) == "b"
+    assert choose_cell({"a": (5.0, 0.7), "b": (5.0, 0.6)}) == "b"
+    assert choose_cell({"a": (5.0, 0.6), "b": (5.0, 0.6)}) == "a"
+
+
+def test_recipe_errors_are_one_line(tmp_path):
+    with pytest.raises(KitError, match="reference"):
+        load_study(_recipe(tmp_path, reference="nope"))
+    with pytest.raises(KitError, match="select"):
+        load_study(_recipe(tmp_path, select="best"))
+    with pytest.raises(KitError, match="optim.lrr"):
+        load_study(_recipe(tmp_path, rows={"finetune": {"grid": {"optim.lrr": [0.1]}}}))
+    with pytest.raises(KitError, match="not found"):
+        load_study(tmp_path / "missing.yaml")
+
+
+def test_study_chooses_on_the_first_seed_trains_others_at_the_choice_and_reuses_runs(tmp_path):
+    study = load_study(_recipe(tmp_path))
+    calls = []
+
+    def counting_fit(cfg, resume=False, progress=False):
+        calls.append(str(cfg.run_dir()))
+        return fit(cfg, resume=resume, progress=False)
+
+    chosen = run_study(study, progress=False, fit=counting_fit)
+    records = pd.DataFrame(selection_runs(study, chosen))
+    # 2 cells x seed 0 per row, then seed 1 at the chosen cell only: 3 runs per row
+    assert len(records) == 6 and set(records.groupby("row").size()) == {3}
+    for row in ("finetune", "adafilter_x"):
+        seed0 = records[(records.row == row) & (records.seed == 0)].set_index("cell")
+        assert chosen[(row, "digits")] == choose_cell({c: (seed0.loc[c, "val_top1_err"], 0.0) for c in seed0.index}) \
+            or seed0["val_top1_err"].nunique() == 1  # equal errors: decided by the validation loss
+        seed1 = records[(records.row == row) & (records.seed == 1)]
+        assert seed1["cell"].tolist() == [chosen[(row, "digits")]]
+    table = write_tables(study, selection_runs(study, chosen), "python -m adafilter_lib tune study.yaml")
+    ada = table.set_index("row").loc["adafilter_x"]
+    picked = records[records.chosen]
+    diffs = (picked[picked.row == "adafilter_x"].set_index("seed")["top1_err"]
+             - picked[picked.row == "finetune"].set_index("seed")["top1_err"])
+    assert ada["diff_vs_reference"] == pytest.approx(diffs.mean())
+    assert ada["diff_se"] == pytest.approx(diffs.std(ddof=1) / math.sqrt(2))
+    assert 0.0 <= ada["test_frac_finetuned"] <= 1.0 and "test_frac_finetuned" not in table.set_index("row").loc["finetune"].dropna()
+    out = tmp_path / "out"
+    for name in ("cells.csv", "comparison.csv", "comparison.md", "README.md", "finetune/error_table.csv",
+                 "finetune/val_top1_err_table.csv", "adafilter_x/test_frac_finetuned_table.csv",
+                 "adafilter_x/test_frac_adaptive_filters_table.csv"):
+        assert (out / name).is_file(), name
+    assert "validation error of seed 0 alone" in (out / "README.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
+    assert run_study(study, progress=False, fit=counting_fit) == chosen  # a second call trains nothing new
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")} == stamps
+
+
+def test_tune_cli_dry_run_and_tables_only_on_an_unfinished_study(tmp_path, capsys):
+    recipe = _recipe(tmp_path)
+    assert cli.main(["tune", recipe, "--dry-run"]) == 0
+    assert "to do" in capsys.readouterr().out
+    assert cli.main(["tune", recipe, "--rows", "nope"]) == 2
+    assert "unknown row" in capsys.readouterr().err
