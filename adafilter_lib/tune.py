@@ -12,7 +12,8 @@ tables from the run records.
 
 Recipe keys: ``base`` (a packaged config name such as ``demo``, or a YAML path), ``set`` (overrides for
 every run), ``datasets`` ({name: labelled images per class, or null for all}), ``seeds``, ``select``,
-``reference`` (the row paired differences are taken against), ``runs``, ``out``, ``rows``.
+``reference`` (the row paired differences are taken against), ``runs``, ``out``, ``rows``. A dataset's value
+may also be a mapping ``{n_per_class: N, set: [...]}`` for settings of that task alone (e.g. its own lr).
 """
 from __future__ import annotations
 
@@ -21,13 +22,16 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import yaml
 
 from . import runs
 from .config import RunConfig, load_config
 from .errors import KitError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SELECT_RULES = ("first", "all")
 
@@ -46,7 +50,7 @@ class Row:
 class Study:
     base: Optional[Path]
     settings: tuple[str, ...]
-    datasets: dict[str, Optional[int]]
+    datasets: dict[str, Optional[int]]        # labelled images per class (None: all)
     seeds: tuple[int, ...]
     select: str
     reference: Optional[str]
@@ -54,6 +58,8 @@ class Study:
     out_dir: str
     rows: list[Row]
     recipe: Optional[str] = None  # the YAML file it came from (named in the tables' README)
+    dataset_settings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per-task overrides
+    overrides: tuple[str, ...] = ()  # the caller's --set: applied last, to every run
 
     @property
     def select_seeds(self) -> tuple[int, ...]:
@@ -107,16 +113,19 @@ def load_study(path: str | Path) -> Study:
         row = row or {}
         cells = expand_cells(row.get("grid"), row.get("variants"))
         rows.append(Row(str(name), str(row.get("method", name)), tuple(row.get("set", ())), cells))
-    study = Study(base_config_path(spec.get("base")), tuple(spec.get("set", ())), dict(spec["datasets"]),
+    datasets = {str(name): value if not isinstance(value, dict) else value.get("n_per_class")
+                for name, value in spec["datasets"].items()}
+    per_task = {str(name): tuple(value.get("set", ())) for name, value in spec["datasets"].items() if isinstance(value, dict)}
+    study = Study(base_config_path(spec.get("base")), tuple(spec.get("set", ())), datasets,
                   tuple(int(s) for s in spec.get("seeds", [0])), str(spec.get("select", "first")),
                   spec.get("reference"), str(spec.get("runs", f"runs/{path.stem}")), str(spec.get("out", f"results/{path.stem}")),
-                  rows, str(path))
+                  rows, str(path), per_task)
     check_study(study)
     return study
 
 
 def check_study(study: Study) -> None:
-    """Refuse an unknown select rule or reference row, and build every config once (names, values)."""
+    """Refuse an unknown select rule, reference row, dataset or method, and build every config once (values)."""
     if study.select not in SELECT_RULES:
         raise KitError(f"study 'select' must be one of {', '.join(SELECT_RULES)}; got '{study.select}'")
     names = [r.name for r in study.rows]
@@ -124,18 +133,24 @@ def check_study(study: Study) -> None:
         raise KitError(f"study 'reference' '{study.reference}' is not a row; choose one of {', '.join(names)}")
     if not study.seeds or len(set(study.seeds)) != len(study.seeds):
         raise KitError("study 'seeds' must list distinct seeds")
+    from .data import get_spec
+    from .methods import build_method
+
+    for dataset in study.datasets:
+        get_spec(dataset)
     for row in study.rows:
         for dataset in study.datasets:
             for cell in row.cells:
-                run_config(study, row, dataset, cell, study.seeds[0])
+                build_method(run_config(study, row, dataset, cell, study.seeds[0]))
 
 
 def run_config(study: Study, row: Row, dataset: str, cell: str, seed: int) -> RunConfig:
     """The config of one run: base, study settings, dataset, row settings, cell, seed (later wins)."""
     n = study.datasets[dataset]
     return load_config(study.base, [*study.settings, f"data.dataset={dataset}", f"data.n_per_class={'null' if n is None else n}",
-                                    f"method.name={row.method}", *row.settings, *row.cells[cell], f"seed={seed}",
-                                    f"runs_root={Path(study.runs_root) / row.name / cell}"])
+                                    *study.dataset_settings.get(dataset, ()), f"method.name={row.method}", *row.settings,
+                                    *row.cells[cell], f"seed={seed}", f"runs_root={Path(study.runs_root) / row.name / cell}",
+                                    *study.overrides])
 
 
 def best_val_loss(run_dir: Path) -> float:
@@ -160,7 +175,8 @@ def plan(study: Study) -> list[tuple[Row, str, str, list[RunConfig]]]:
             for dataset in study.datasets for row in study.rows for cell in row.cells]
 
 
-def run_study(study: Study, progress: bool = True, dry_run: bool = False, fit=None) -> dict[tuple[str, str], str]:
+def run_study(study: Study, progress: bool = True, dry_run: bool = False, fit=None,
+              force: bool = False) -> dict[tuple[str, str], str]:
     """Train (or reuse) the selection runs, choose each row's cell per dataset, train its other seeds.
 
     Returns:
@@ -184,12 +200,12 @@ def run_study(study: Study, progress: bool = True, dry_run: bool = False, fit=No
             for cell in row.cells:
                 for seed in study.select_seeds:
                     done += 1
-                    _fit_one(fit, run_config(study, row, dataset, cell, seed), done, total, progress)
+                    _fit_one(fit, run_config(study, row, dataset, cell, seed), done, total, progress, force)
             cell = chosen[(row.name, dataset)] = choose_cell(_cell_scores(study, row, dataset))
             for seed in study.seeds:
                 if seed not in study.select_seeds:
                     done += 1
-                    _fit_one(fit, run_config(study, row, dataset, cell, seed), done, total, progress)
+                    _fit_one(fit, run_config(study, row, dataset, cell, seed), done, total, progress, force)
     return chosen
 
 
@@ -216,10 +232,10 @@ def chosen_so_far(study: Study) -> dict[tuple[str, str], str]:
     return chosen
 
 
-def _fit_one(fit, cfg: RunConfig, index: int, total: int, progress: bool) -> dict:
+def _fit_one(fit, cfg: RunConfig, index: int, total: int, progress: bool, force: bool = False) -> dict:
     if progress:
         print(f"[{index}/{total}] {cfg.run_dir()} ({sweep_status(cfg)})", flush=True)
-    return fit(cfg, resume=True, progress=progress)
+    return fit(cfg, resume=True, progress=progress, **({"force": True} if force else {}))
 
 
 def sweep_status(cfg: RunConfig) -> str:
@@ -243,6 +259,18 @@ def selection_runs(study: Study, chosen: dict[tuple[str, str], str]) -> list[dic
                                     "chosen": chosen.get((row.name, dataset)) == cell, "run_dir": str(run_dir),
                                     **{k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
     return records
+
+
+def chosen_runs(study: Study) -> "pd.DataFrame":
+    """The :func:`~adafilter_lib.results.load_runs` rows of each (row, dataset)'s chosen cell, finished runs only.
+
+    What analyses of a study read: one run per (method, dataset, seed) even where a row tried several
+    recipes (the demo's AdaFilter), so tables and ``find_run`` work as on a flat runs folder.
+    """
+    from .records import runs_of
+
+    picked = [r["run_dir"] for r in selection_runs(study, chosen_so_far(study)) if r["chosen"]]
+    return runs_of(picked, study.runs_root)
 
 
 def rows_named(study: Study, names: Optional[Sequence[str]]) -> Study:

@@ -41,11 +41,12 @@ class GateInspector(widgets.VBox):
 
     Args:
         runs_root: folder of run directories; every finished run with a ``gates.npz`` is offered.
-        run: the run directory name to open first (default: the first, sorted by name).
+        run: the run to open first, as its path below ``runs_root`` (its name for a flat folder; default: the first).
     """
 
     def __init__(self, runs_root: str | Path, run: Optional[str] = None):
-        self.run_dirs = {path.name: path for path in records.gated_runs(runs_root)}
+        # keyed by the path below runs_root: a study's runs share names across its recipe folders
+        self.run_dirs = {path.relative_to(runs_root).as_posix(): path for path in records.gated_runs(runs_root)}
         if run is not None and run not in self.run_dirs:
             raise unknown_name("AdaFilter run", run, self.run_dirs)
         wide = {"description_width": "initial"}

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 
 from adafilter_lib.cli import main
-from adafilter_lib.demo import DEMO_METHODS, demo_configs, run_demo
+from adafilter_lib.demo import demo_configs, demo_study, run_demo
 from adafilter_lib.method_config import AdaFilterConfig
 
 
@@ -52,17 +52,24 @@ def test_bench_set_applies_to_the_timed_models_and_names_the_record(tmp_path, mo
 
 
 def test_demo_grid_covers_every_dataset_method_and_seed(tmp_path):
+    methods = [r.name for r in demo_study().rows]
+    assert methods == ["scratch", "linear_probe", "finetune", "l2sp", "adafilter", "adafilter_random"]
     configs = demo_configs(str(tmp_path), seeds=(0, 1))
-    assert len(configs) == 2 * 2 * len(DEMO_METHODS)
+    assert len(configs) == 3 * 2 * len(methods)
     assert {(c.data.dataset, c.method.name, c.seed) for c in configs} == {
-        (d, m, s) for d in ("mnist5k", "digits") for m in DEMO_METHODS for s in (0, 1)}
-    assert {(c.data.dataset, c.data.n_per_class) for c in configs} == {("mnist5k", 20), ("digits", 10)}
+        (d, m, s) for d in ("mnist5k", "digits", "uc_merced") for m in methods for s in (0, 1)}
+    assert {(c.data.dataset, c.data.n_per_class) for c in configs} == {("mnist5k", 20), ("digits", 10), ("uc_merced", 10)}
     assert all(c.model.backbone == "efficientnet_lite0" and c.model.pretrained for c in configs)
+    # where `demo` puts them: <runs>/<method>/<recipe>/<run>, so the notebooks reuse the demo's runs
+    assert configs[0].run_dir() == tmp_path / "scratch" / "default" / "mnist5k__scratch__efficientnet_lite0__s0"
 
 
-def test_demo_gives_only_adafilter_its_gate_recipe_and_overrides_win(tmp_path):
-    methods = ("finetune", "adafilter", "adafilter_random")
-    by_method = {c.method.name: c.method.adafilter for c in demo_configs(str(tmp_path), methods=methods,
+def test_demo_adafilter_recipes_and_overrides_win(tmp_path):
+    study = demo_study(str(tmp_path), datasets=["digits"], methods=["finetune", "adafilter", "adafilter_random"])
+    ada = next(r for r in study.rows if r.name == "adafilter")
+    assert list(ada.cells) == ["gates_adamw", "defaults"]  # both trained; the row shows the one validation prefers
+    by_method = {c.method.name: c.method.adafilter for c in demo_configs(str(tmp_path), methods=["finetune", "adafilter",
+                                                                                               "adafilter_random"],
                                                                           datasets=(("digits", 10),))}
     recipe = by_method["adafilter"]
     assert (recipe.gate_optimizer, recipe.gate_lr, recipe.gate_warmup_epochs, recipe.gate_bias_init,
@@ -72,19 +79,28 @@ def test_demo_gives_only_adafilter_its_gate_recipe_and_overrides_win(tmp_path):
     back = demo_configs(str(tmp_path), methods=("adafilter",), datasets=(("digits", 10),),
                         overrides=["method.adafilter.gate_bias_init=0.0"])[0].method.adafilter
     assert back.gate_bias_init == 0.0 and back.gate_optimizer == "adamw"
-    plain = demo_configs(str(tmp_path), methods=("adafilter",), datasets=(("digits", 10),), method_settings=False)
-    assert plain[0].method.adafilter == AdaFilterConfig()
+    only = demo_study(str(tmp_path), adafilter_recipes=["defaults"])
+    assert list(next(r for r in only.rows if r.name == "adafilter").cells) == ["defaults"]
 
 
-def test_demo_writes_and_prints_the_error_table(tmp_path, capsys):
-    tiny = ["model.backbone=resnet18", "model.pretrained=false", "data.resolution=32", "optim.epochs=1"]
-    run_demo(str(tmp_path / "runs"), str(tmp_path / "out"), overrides=tiny, progress=False,
-             datasets=(("digits", 3),), methods=("linear_probe", "finetune"))
+def test_demo_chooses_the_adafilter_recipe_on_validation_and_writes_the_tables(tmp_path, capsys):
+    tiny = ["model.backbone=resnet18", "model.pretrained=false", "data.resolution=32", "optim.epochs=1", "data.n_per_class=3"]
+    study = demo_study(str(tmp_path / "runs"), str(tmp_path / "out"), datasets=["digits"],
+                       methods=["linear_probe", "finetune", "adafilter"], overrides=tiny)
+    run_demo(study, progress=False)
     table = pd.read_csv(tmp_path / "out" / "error_table.csv")
     assert list(table.columns) == ["method", "dataset", "top1_err", "top1_err_std", "seeds"]
-    assert table["method"].tolist() == ["linear_probe", "finetune"] and set(table["dataset"]) == {"digits"}
+    assert table["method"].tolist() == ["linear_probe", "finetune", "adafilter"] and set(table["dataset"]) == {"digits"}
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    ada = cells[cells["row"] == "adafilter"].set_index("cell")
+    assert set(ada.index) == {"gates_adamw", "defaults"}
+    picked = ada[ada["chosen"]].index[0]
+    assert ada.loc[picked, "val_top1_err"] == ada["val_top1_err"].min()  # chosen on validation, never on test
+    assert table.set_index("method").loc["adafilter", "top1_err"] == ada.loc[picked, "top1_err"]
     out = capsys.readouterr().out
-    assert "| linear_probe" in out and (tmp_path / "out" / "error_table.md").exists()
+    assert "| linear_probe" in out and f"recipe '{picked}'" in out
+    for name in ("error_table.md", "comparison.md", "val_top1_err_table.csv", "test_frac_finetuned_table.csv", "README.md"):
+        assert (tmp_path / "out" / name).exists(), name
 
 
 def test_demo_command_applies_set_overrides_to_every_run(tmp_path, capsys):
@@ -92,19 +108,23 @@ def test_demo_command_applies_set_overrides_to_every_run(tmp_path, capsys):
 
     runs = tmp_path / "runs"
     assert main(["demo", "--runs", str(runs), "--out", str(tmp_path / "out"), "--methods", "finetune", "--no-progress",
+                 "--datasets", "mnist5k", "digits",
                  "--set", "model.backbone=resnet18", "model.pretrained=false", "data.resolution=32", "optim.epochs=1",
                  "data.n_per_class=2"]) == 0
-    configs = [load_config(d / "config.yaml") for d in sorted(runs.iterdir())]
+    configs = [load_config(d / "config.yaml") for d in sorted((runs / "finetune" / "default").iterdir())]
     assert {c.data.dataset for c in configs} == {"mnist5k", "digits"}
     assert all((c.model.backbone, c.data.resolution, c.optim.epochs, c.data.n_per_class) == ("resnet18", 32, 1, 2)
                for c in configs)
 
 
-def test_demo_command_library_defaults_flag_skips_the_gate_recipe(tmp_path):
+def test_demo_command_library_defaults_flag_trains_only_the_library_recipe(tmp_path):
     from adafilter_lib.config import load_config
 
     runs = tmp_path / "runs"
     assert main(["demo", "--runs", str(runs), "--out", str(tmp_path / "out"), "--methods", "adafilter", "--no-progress",
-                 "--library-defaults", "--set", "model.backbone=resnet18", "model.pretrained=false",
+                 "--library-defaults", "--datasets", "digits", "--set", "model.backbone=resnet18", "model.pretrained=false",
                  "data.resolution=32", "optim.epochs=1", "data.n_per_class=2"]) == 0
-    assert [load_config(d / "config.yaml").method.adafilter for d in sorted(runs.iterdir())] == [AdaFilterConfig()] * 2
+    assert [p.name for p in (runs / "adafilter").iterdir()] == ["defaults"]
+    assert [load_config(d / "config.yaml").method.adafilter for d in sorted((runs / "adafilter" / "defaults").iterdir())] \
+        == [AdaFilterConfig()]
+    assert main(["demo", "--datasets", "digitz"]) == 2

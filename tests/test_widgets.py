@@ -137,3 +137,11 @@ def test_bad_selections_are_one_line_errors(inspector, runs_root, tmp_path):
         GateInspector(runs_root, run="nope")
     with pytest.raises(KitError, match="does not exist"):
         GateInspector(tmp_path / "missing")
+
+
+def test_runs_of_one_name_in_different_recipe_folders_are_both_offered(smoke_run, tmp_path):
+    for recipe in ("defaults", "gates_adamw"):
+        shutil.copytree(smoke_run, tmp_path / "adafilter" / recipe / smoke_run.name)
+    inspector = GateInspector(tmp_path, run=f"adafilter/gates_adamw/{smoke_run.name}")
+    assert list(inspector.run_picker.options) == [f"adafilter/defaults/{smoke_run.name}", f"adafilter/gates_adamw/{smoke_run.name}"]
+    assert inspector.run_picker.value == f"adafilter/gates_adamw/{smoke_run.name}"
