@@ -12,7 +12,7 @@ from PIL import Image
 
 from adafilter_lib.config import DataConfig
 from adafilter_lib.data import DATASETS, build_datasets, dataset_names
-from adafilter_lib.data import uc_merced
+from adafilter_lib.data import offline, uc_merced
 from adafilter_lib.data.folder import FileImages
 from adafilter_lib.data.splits import TEST_SEED, carve_train_val, stratified_holdout
 from adafilter_lib.data.transforms import PRESETS, eval_transform, train_transform
@@ -105,10 +105,23 @@ def test_offline_items_are_normalized_rgb():
     for dataset in (splits.train, splits.val, splits.test, splits.train_eval):
         image, label = dataset[0]
         assert image.shape == (3, 28, 28) and image.dtype == torch.float32 and isinstance(label, int)
-    image, _ = splits.test[5]
-    raw = torch.from_numpy(splits.test.images[5]).float() / 255  # resize 28 -> 28 is the identity
+    image, _ = splits.train_eval[5]
+    raw = torch.from_numpy(splits.train_eval.images[5]).float() / 255  # resize 28 -> 28 is the identity
     restored = image * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
     assert torch.allclose(restored, raw.expand(3, -1, -1), atol=1e-5)
+
+
+def test_in_memory_eval_splits_are_transformed_once_and_bit_identical():
+    first = build("digits", n_per_class=6, resolution=40)
+    pool = offline.load_digits_pool()
+    plain = eval_transform(40, MEAN, STD, natural=False)
+    reference = pool.test.subset(np.arange(len(pool.test.labels)), plain)
+    assert len(first.test) == len(reference) and np.array_equal(first.test.labels, reference.labels)
+    assert all(torch.equal(first.test[i][0], reference[i][0]) for i in range(0, len(reference), 37))
+    again = build("digits", n_per_class=6, resolution=40)
+    assert again.test.images is first.test.images and again.val.images is first.val.images  # no second transform
+    other_val = build("digits", n_per_class=6, resolution=40, split_seed=1)
+    assert other_val.test.images is first.test.images and not torch.equal(other_val.val.images, first.val.images)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

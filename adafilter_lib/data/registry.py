@@ -20,7 +20,9 @@ from torch.utils.data import Dataset
 from ..config import DataConfig
 from ..errors import unknown_name
 from . import decathlon, offline, paper, uc_merced
+from .eval_cache import cached_eval_split
 from .folder import load_folder_pool
+from .offline import ArrayImages
 from .splits import Pool, carve_train_val
 from .transforms import check_preset, eval_transform, train_transform
 
@@ -150,11 +152,17 @@ def build_datasets(cfg: DataConfig, mean: Sequence[float], std: Sequence[float])
                                          cfg.split_seed, pool.classes)
     augmenting = train_transform(preset, cfg.resolution, mean, std, natural=spec.natural)
     plain = eval_transform(cfg.resolution, mean, std, natural=spec.natural)
+    test_idx = np.arange(len(pool.test.labels))
+    if isinstance(pool.train, ArrayImages):  # in memory: transform validation and test once per process
+        key = (cfg.dataset, cfg.resolution, tuple(mean), tuple(std), spec.natural)
+        val, test = cached_eval_split(pool.train, val_idx, plain, key), cached_eval_split(pool.test, test_idx, plain, key)
+    else:
+        val, test = pool.train.subset(val_idx, plain), pool.test.subset(test_idx, plain)
     return DataSplits(
         name=cfg.dataset,
         classes=list(pool.classes),
         train=pool.train.subset(train_idx, augmenting),
-        val=pool.train.subset(val_idx, plain),
-        test=pool.test.subset(np.arange(len(pool.test.labels)), plain),
+        val=val,
+        test=test,
         train_eval=pool.train.subset(train_idx, plain),
     )
