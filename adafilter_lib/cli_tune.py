@@ -25,7 +25,8 @@ def _add_tune(sub) -> None:
 
 
 def _cmd_tune(args) -> int:
-    from .tune import chosen_so_far, load_study, rows_named, run_study, selection_runs
+    from .study_recipe import load_study, rows_named
+    from .tune import chosen_so_far, run_study, selection_runs
     from .tune_tables import write_tables
 
     study = rows_named(load_study(args.recipe), args.rows)

@@ -147,17 +147,21 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def read_yaml(path: str | Path, what: str, hint: str) -> Any:
+    """The parsed YAML file at ``path`` (``{}`` when empty); a one-line KitError naming ``what`` if it is
+    missing (ending with ``hint``) or not valid YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"{what} '{path}' not found; {hint}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise KitError(f"{what} '{path}' is not valid YAML ({str(err).splitlines()[0]})") from None
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> RunConfig:
     """Defaults, then the YAML file at ``path`` (if given), then ``overrides``; validated."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise KitError(f"config file '{path}' not found; pass an existing YAML file (see configs/)")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise KitError(f"config file '{path}' is not valid YAML ({str(err).splitlines()[0]})") from None
+    values = read_yaml(path, "config file", "pass an existing YAML file (see configs/)") if path is not None else {}
     values = apply_overrides(values, overrides or [])
     cfg = from_dict(RunConfig, values)
     validate(cfg)

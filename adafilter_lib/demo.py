@@ -23,7 +23,8 @@ from .config import RunConfig
 from .errors import KitError
 from .records import runs_of
 from .results import error_table, export_table, markdown_table
-from .tune import Row, Study, check_study, load_study, run_config, run_study, selection_runs
+from .study_recipe import Row, Study, check_study, load_study, run_config
+from .tune import run_study, selection_runs
 from .tune_tables import write_tables
 
 DEMO_RECIPE = "demo_study.yaml"

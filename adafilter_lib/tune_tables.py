@@ -23,7 +23,7 @@ import pandas as pd
 from .records import runs_of
 from .results import error_table, export_table, table_stem
 from .runs import atomic_write_text
-from .tune import Study
+from .study_recipe import Study
 
 GATE_METRICS = ("test_frac_finetuned", "test_frac_adaptive_filters")
 
@@ -61,7 +61,8 @@ def comparison_markdown(table: pd.DataFrame, reference: Optional[str]) -> str:
                  f"{r['val_top1_err']:.2f}"]
         if reference is not None:
             diff = r.get("diff_vs_reference", math.nan)
-            cells += ["" if _missing(diff) else f"{diff:+.2f} ± {r['diff_se']:.2f}", "" if _missing(diff) else r["wins"]]
+            shown = "" if _missing(diff) else f"{diff:+.2f}" + ("" if _missing(r["diff_se"]) else f" ± {r['diff_se']:.2f}")
+            cells += [shown, "" if _missing(diff) else r["wins"]]
         cells += [_fraction(r.get(m)) for m in GATE_METRICS]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
