@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from . import cli_paper
+from . import __version__, cli_paper
 from . import cli_pruning
 from . import cli_tune
 from .cli_args import add_run_options, config_from_args
@@ -207,9 +207,15 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _prog() -> str:
+    """How the user called the kit: ``adafilter`` (the console script) or ``python -m adafilter_lib``."""
+    return "adafilter" if Path(sys.argv[0]).name == "adafilter" else "python -m adafilter_lib"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m adafilter_lib", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_table(sub)

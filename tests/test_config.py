@@ -48,3 +48,15 @@ def test_missing_and_broken_config_files(tmp_path):
 def test_run_name_is_a_safe_slug():
     cfg = load_config(None, ["data.dataset=folder:/some/where", "method.name=l2sp", "seed=3"])
     assert cfg.resolved_run_name() == "folder-_some_where__l2sp__efficientnet_lite0__s3"
+
+
+def test_version_and_program_name(capsys, monkeypatch):
+    import adafilter_lib
+    from adafilter_lib import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"python -m adafilter_lib {adafilter_lib.__version__}"
+    monkeypatch.setattr("sys.argv", ["/usr/local/bin/adafilter", "--help"])
+    assert cli.build_parser().format_help().startswith("usage: adafilter ")
