@@ -5,6 +5,7 @@ Every user-caused problem ends as one line ``error: ...`` on stderr and exit sta
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -94,7 +95,7 @@ def _cmd_demo(args) -> int:
 
     recipes = ["defaults"] if args.library_defaults else args.adafilter_recipes
     study = demo_study(args.runs_root, args.out, args.seeds, args.datasets, args.methods, args.set, recipes)
-    run_demo(study, force=args.force, progress=not args.no_progress)
+    run_demo(study, force=args.force, progress=not args.no_progress, command=args.command_line)
     return 0
 
 
@@ -238,7 +239,10 @@ COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    # the command as typed, for the READMEs that studies write beside their tables
+    args.command_line = " ".join(["python -m adafilter_lib", *(shlex.quote(a) for a in argv if a != "--no-progress")])
     try:
         return COMMANDS[args.command](args)
     except KitError as err:

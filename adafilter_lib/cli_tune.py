@@ -5,7 +5,6 @@ Hooked into :mod:`adafilter_lib.cli` by :func:`add_parsers` and ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
-import shlex
 
 
 def _add_tune(sub) -> None:
@@ -37,7 +36,8 @@ def _cmd_tune(args) -> int:
         chosen = chosen_so_far(study)  # rows whose selection is unfinished are left out of comparison.md
     else:
         chosen = run_study(study, progress=not args.no_progress)
-    command = "python -m adafilter_lib tune " + " ".join(shlex.quote(a) for a in [args.recipe] + (["--rows", *args.rows] if args.rows else []))
+    # --tables-only rewrites tables; the README names the command that trains them
+    command = args.command_line.replace(" --tables-only", "")
     table = write_tables(study, selection_runs(study, chosen), command)
     print(table.to_markdown(index=False, floatfmt=".2f"))
     print(f"written: {study.out_dir}/comparison.md, comparison.csv, cells.csv, README.md and one folder per row")

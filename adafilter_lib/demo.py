@@ -48,7 +48,7 @@ def demo_study(runs_root: Optional[str] = None, out_dir: Optional[str] = None, s
         adafilter_recipes: only these AdaFilter recipes (``gates_adamw``, ``defaults``); one recipe means no choice.
     """
     study = load_study(Path(str(resources.files("adafilter_lib") / "configs" / DEMO_RECIPE)))
-    changes: dict = {"overrides": tuple(overrides)}
+    changes: dict = {"overrides": tuple(overrides), "recipe": f"adafilter_lib/configs/{DEMO_RECIPE}"}  # no machine path
     if runs_root is not None:
         changes["runs_root"] = runs_root
     if out_dir is not None:
@@ -101,13 +101,15 @@ def demo_configs(runs_root: str, seeds: Sequence[int] = (0,), datasets: Optional
     return configs
 
 
-def run_demo(study: Optional[Study] = None, force: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Train the demo grid (reusing finished runs), then write and print the error table and the tune tables."""
+def run_demo(study: Optional[Study] = None, force: bool = False, progress: bool = True,
+             command: str = "python -m adafilter_lib demo") -> pd.DataFrame:
+    """Train the demo grid (reusing finished runs), then write and print the error table and the tune tables
+    (``command`` is named in the README written beside them)."""
     study = study or demo_study()
     start = time.perf_counter()
     chosen = run_study(study, progress=progress, force=force)
     records = selection_runs(study, chosen)
-    write_tables(study, records, "python -m adafilter_lib demo")
+    write_tables(study, records, command)
     picked = [r["run_dir"] for r in records if r["chosen"]]
     runs = runs_of(picked, study.runs_root)
     table = error_table(runs, method_order=[r.method for r in study.rows])
