@@ -184,6 +184,8 @@ def validate(cfg: RunConfig) -> None:
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
         (0.0 <= cfg.model.head_dropout < 1.0, "model.head_dropout must lie in [0, 1)"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got '{cfg.device}'"),
+        (cfg.run_name is None or _plain_name(cfg.run_name),
+         f"run_name must be one plain folder name inside the runs folder (no '/', '..', '.' or leading '.'), got '{cfg.run_name}'"),
         (cfg.method.l2sp.alpha >= 0 and cfg.method.l2sp.beta >= 0, "method.l2sp.alpha and beta must be 0 or more"),
         *_adafilter_checks(cfg.method.adafilter),
         *_baseline_checks(cfg.method),
@@ -191,6 +193,11 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise KitError(f"invalid config: {message}")
+
+
+def _plain_name(name: str) -> bool:
+    """One path component that stays inside its parent: not '', '.', '..', hidden, absolute or nested."""
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name and not name.endswith(".partial")
 
 
 def _adafilter_checks(a: AdaFilterConfig) -> list[tuple[bool, str]]:

@@ -38,11 +38,21 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 
 
+def _temporary(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path`` with the permissions a plain ``open`` would give (``mkstemp`` makes
+    0600: results then could not be read by the group a study is shared with)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -65,8 +75,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` that never leaves a truncated file behind (a kill mid-save keeps the old one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary(path)
     os.close(fd)
     try:
         torch.save(obj, tmp)
@@ -106,8 +115,16 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def publish(staging: Path, run_dir: Path) -> None:
-    """Move a finished staging directory to its final name, replacing an older finished run."""
+    """Move a finished staging directory to its final name, replacing an older finished run.
+
+    Raises:
+        KitError: something that is not a finished run (no ``summary.json``) sits at ``run_dir``: it is
+            never removed; the staging directory stays for ``--resume`` once the folder is moved away.
+    """
     run_dir = Path(run_dir)
+    if run_dir.is_symlink() or (run_dir.exists() and not is_finished(run_dir)):
+        raise KitError(f"'{run_dir}' exists and is not a finished run; move it away, then run again with --resume "
+                       f"to publish '{staging}'")
     if run_dir.exists():
         shutil.rmtree(run_dir)
     os.replace(staging, run_dir)

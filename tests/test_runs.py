@@ -1,0 +1,46 @@
+"""Run directories: run names stay inside the runs folder, publishing removes only finished runs, file modes."""
+import os
+import stat
+
+import pytest
+
+from adafilter_lib import runs
+from adafilter_lib.config import load_config
+from adafilter_lib.errors import KitError
+
+
+@pytest.mark.parametrize("name", ["../victim", ".", "..", "/tmp/abs", "a/b", ".hidden", "x.partial", ""])
+def test_run_name_must_be_one_plain_folder_name(name):
+    with pytest.raises(KitError, match="run_name must be one plain folder name") as excinfo:
+        load_config(None, [f"run_name={name}"] if name else ["run_name=''"])
+    assert "\n" not in str(excinfo.value)
+
+
+def test_plain_run_names_are_accepted():
+    assert load_config(None, ["run_name=my_run-1.b"]).resolved_run_name() == "my_run-1.b"
+
+
+def test_publish_never_removes_a_folder_that_is_not_a_finished_run(tmp_path):
+    staging, target = tmp_path / "run.partial", tmp_path / "run"
+    staging.mkdir()
+    (staging / runs.SUMMARY).write_text("{}")
+    target.mkdir()
+    (target / "precious.txt").write_text("keep me")
+    with pytest.raises(KitError, match="is not a finished run"):
+        runs.publish(staging, target)
+    assert (target / "precious.txt").read_text() == "keep me" and staging.is_dir()
+    (target / "precious.txt").unlink()
+    (target / runs.SUMMARY).write_text("{}")  # an older finished run of the same name is replaced
+    runs.publish(staging, target)
+    assert not staging.exists() and (target / runs.SUMMARY).is_file()
+
+
+def test_results_are_written_with_the_umask_permissions_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        runs.atomic_write_text(tmp_path / "a.txt", "x")
+        runs.atomic_torch_save({"x": 1}, tmp_path / "b.pt")
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
