@@ -19,8 +19,14 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two identical runs started together are not detected
+    fcntl = None
 
 import torch
 import yaml
@@ -128,6 +134,37 @@ def publish(staging: Path, run_dir: Path) -> None:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     os.replace(staging, run_dir)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` while it trains (a ``.<name>.lock`` file beside it).
+
+    A second process that trains the same run at the same time stops with one line instead of both
+    writing into one staging folder. The lock is an advisory ``flock`` held by the open file, so a killed
+    run releases it and ``--resume`` works; the lock file is removed when the run ends.
+
+    Raises:
+        KitError: another process holds the lock.
+    """
+    if fcntl is None:
+        yield
+        return
+    path = Path(run_dir).with_name(f".{Path(run_dir).name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KitError(f"run '{run_dir}' is being trained by another process right now; wait for it (a finished "
+                           f"run is then reused) or give this one another run_name or --runs folder") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+    finally:
+        handle.close()
 
 
 def discard(staging: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -75,6 +76,18 @@ def eval_loader(dataset, cfg: RunConfig) -> DataLoader:
 
 def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True,
         on_epoch_end: Optional[EpochHook] = None) -> dict:
+    """Train ``cfg`` to a finished run directory and return its summary (see :func:`_fit`).
+
+    The main process holds :func:`adafilter_lib.runs.run_lock` from the moment it creates the run's staging
+    folder to its end, so two identical commands started together leave one complete run and one
+    one-line refusal.
+    """
+    with ExitStack() as locks:
+        return _fit(cfg, resume, force, progress, on_epoch_end, locks)
+
+
+def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end: Optional[EpochHook],
+         locks: ExitStack) -> dict:
     """Train ``cfg`` to a finished run directory and return its summary.
 
     Args:
@@ -120,6 +133,10 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: boo
     start_epoch, best = 0, {"val_top1_err": float("inf"), "best_epoch": -1}
     dist_utils.barrier()
     if dist_utils.is_main():
+        locks.enter_context(runs.run_lock(run_dir))  # before anything in staging is touched
+        if runs.is_finished(run_dir) and not force:  # the same run, finished by another process meanwhile
+            runs.refuse_other_settings(cfg, run_dir, "use another runs folder for the new settings")
+            return runs.read_summary(run_dir)
         if force:
             runs.discard(staging)
         staging.mkdir(parents=True, exist_ok=True)

@@ -44,3 +44,20 @@ def test_results_are_written_with_the_umask_permissions_not_0600(tmp_path):
         os.umask(old)
     for name in ("a.txt", "b.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+
+
+def test_a_run_trained_by_another_process_is_refused_with_one_line_and_left_alone(tiny_cfg):
+    import fcntl
+
+    from adafilter_lib.trainer import fit
+
+    lock_path = tiny_cfg.run_dir().with_name(f".{tiny_cfg.run_dir().name}.lock")
+    lock_path.parent.mkdir(parents=True)
+    with open(lock_path, "a") as other:  # what a concurrent `train` of the same run holds
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(KitError, match="being trained by another process") as excinfo:
+            fit(tiny_cfg, progress=False)
+        assert "\n" not in str(excinfo.value)
+        assert not runs.staging_dir(tiny_cfg.run_dir()).exists()  # nothing of the other run's folder touched
+    summary = fit(tiny_cfg, progress=False)  # once the other process is gone, the run trains
+    assert runs.is_finished(tiny_cfg.run_dir()) and "top1_err" in summary and not lock_path.exists()
