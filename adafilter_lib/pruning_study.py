@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
 
 from . import pruning, runs
 from .config import RunConfig, save_config
@@ -51,7 +50,7 @@ def _open(cfg: RunConfig, resume: bool, force: bool) -> tuple[Path, Path, Option
         raise KitError(f"an unfinished run exists at '{staging}'; pass --resume to continue it or --force to start over")
     if force:
         runs.discard(staging)
-    state = torch.load(staging / STATE_FILE, map_location="cpu", weights_only=False) if (staging / STATE_FILE).exists() else None
+    state = runs.load_checkpoint(staging / STATE_FILE) if (staging / STATE_FILE).exists() else None
     return run_dir, staging, state
 
 

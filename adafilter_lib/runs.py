@@ -91,6 +91,17 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def load_checkpoint(path: Path, device: Any = "cpu") -> Any:
+    """A checkpoint to resume from, loaded with ``weights_only=True`` (tensors and plain values only: a run
+    folder from elsewhere cannot execute pickled code); a truncated or foreign file is a one-line KitError."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # truncated zip, pickled objects refused by weights_only, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KitError(f"checkpoint '{path}' cannot be read ({type(err).__name__}: {first[:160]}); "
+                       f"start the run over with --force") from None
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line (metrics are rewritten atomically on resume, see ``truncate_metrics``)."""
     with open(path, "a", encoding="utf-8") as handle:

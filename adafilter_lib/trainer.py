@@ -144,7 +144,7 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     dist_utils.barrier()
     checkpoint_path = staging / runs.CHECKPOINT
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = runs.load_checkpoint(checkpoint_path, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from adafilter_lib import runs
 from adafilter_lib.cli import main
@@ -161,3 +162,17 @@ def test_a_run_with_other_settings_is_never_reused_or_resumed_silently(tiny_over
     with pytest.raises(KitError, match=r"other settings \(optim.epochs\); resume it with its own settings"):
         fit(other, resume=True, progress=False)
     assert fit(killed, resume=True, progress=False)["epochs"] == 3
+
+
+def test_a_truncated_checkpoint_is_a_one_line_error_on_resume(tiny_cfg):
+    def kill(epoch, record):
+        raise SimulatedKill
+
+    with pytest.raises(SimulatedKill):
+        fit(tiny_cfg, progress=False, on_epoch_end=kill)
+    checkpoint = runs.staging_dir(tiny_cfg.run_dir()) / "checkpoint.pt"
+    torch.load(checkpoint, weights_only=True)  # what --resume reads: tensors and plain values only
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(KitError, match="checkpoint .* cannot be read.*--force") as excinfo:
+        fit(tiny_cfg, resume=True, progress=False)
+    assert "\n" not in str(excinfo.value)
