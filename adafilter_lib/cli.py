@@ -63,10 +63,15 @@ def _add_table(sub) -> None:
 
 
 def _cmd_table(args) -> int:
-    from .results import build_tables, markdown_table, table_stem
+    from .results import build_tables, markdown_table, table_stem, unfinished_runs
 
     table = build_tables(args.runs_root, args.out, metric=args.metric)
     print(markdown_table(table))
+    left_out = unfinished_runs(args.runs_root)
+    if left_out:
+        shown = ", ".join(p.name for p in left_out[:3]) + (" ..." if len(left_out) > 3 else "")
+        print(f"note: {len(left_out)} unfinished run(s) left out of the table ({shown}); finish them with --resume",
+              file=sys.stderr)
     print(f"written: {args.out}/{table_stem(args.metric)}.csv, .md, .tex")
     return 0
 
@@ -248,3 +253,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # A killed run keeps <run>.partial/ with its last epoch's checkpoint (studies resume run by run).
+        print("interrupted; an unfinished run keeps its last checkpoint: run the same command again with --resume "
+              "(train, prune) or as it was (demo, tune, sweep) to continue", file=sys.stderr)
+        return 130

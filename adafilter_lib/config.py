@@ -156,12 +156,18 @@ def read_yaml(path: str | Path, what: str, hint: str) -> Any:
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise KitError(f"{what} '{path}' is not valid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)  # where the parser stopped: line and column, 1-based
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise KitError(f"{what} '{path}' is not valid YAML ({where}{problem}); fix the file") from None
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> RunConfig:
     """Defaults, then the YAML file at ``path`` (if given), then ``overrides``; validated."""
     values = read_yaml(path, "config file", "pass an existing YAML file (see configs/)") if path is not None else {}
+    if not isinstance(values, dict):
+        raise KitError(f"config file '{path}' must hold a mapping of sections (data:, model:, optim:, ...), "
+                       f"not a {type(values).__name__}; see adafilter_lib/configs/demo.yaml")
     values = apply_overrides(values, overrides or [])
     cfg = from_dict(RunConfig, values)
     validate(cfg)

@@ -35,6 +35,11 @@ def init_from_env(device: torch.device) -> bool:
 
 def local_device(requested: str) -> torch.device:
     """The device for this process: CUDA (this rank's local GPU) when available and allowed, else CPU."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        from .errors import KitError
+
+        raise KitError("device=cuda but no CUDA GPU is visible to PyTorch; use device=auto (GPU when there is one) "
+                       "or device=cpu")
     use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
     if not use_cuda:
         return torch.device("cpu")

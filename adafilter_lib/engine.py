@@ -146,6 +146,7 @@ def train_one_epoch(model: nn.Module, method, loader: Iterable, optimizer, sched
     totals = all_reduce_sum(totals)
     _check_finite(totals[0], epoch)
     count = max(totals[2].item(), 1.0)
+    _check_not_diverged(totals[0].item() / count, output.logits.shape[1], epoch)
     return {"loss": totals[0].item() / count, "top1_err": 100.0 * totals[1].item() / count,
             "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
 
@@ -209,6 +210,21 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int) -> None:
     if not torch.isfinite(loss_sum).item():
         raise KitError(f"training loss became NaN/inf in epoch {epoch + 1}; lower optim.lr / optim.head_lr "
                        "or check the data for invalid values")
+
+
+DIVERGED_FACTOR = 10.0  # a mean training loss this many times chance level's ln(K) means the run blew up
+
+
+def _check_not_diverged(mean_loss: float, num_classes: int, epoch: int) -> None:
+    """A finite blow-up (say 1e10 with ``optim.lr=1e6``) stops the run like a NaN instead of being published.
+
+    Chance-level cross-entropy is ln(K); a mean far above it means the outputs are confidently wrong
+    everywhere, which no learning run reaches (random-gate runs that went astray peaked near 3 ln(K)).
+    """
+    limit = DIVERGED_FACTOR * math.log(max(num_classes, 2))
+    if mean_loss > limit:
+        raise KitError(f"training diverged in epoch {epoch + 1}: mean loss {mean_loss:.3g} is over {DIVERGED_FACTOR:g}x "
+                       f"the chance level ln({num_classes}) = {math.log(max(num_classes, 2)):.2f}; lower optim.lr / optim.head_lr")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -68,6 +68,12 @@ def load_runs(runs_root: str | Path) -> pd.DataFrame:
     return runs.reset_index(drop=True)
 
 
+def unfinished_runs(runs_root: str | Path) -> list[Path]:
+    """The staging folders (``*.partial``: killed or still training) under ``runs_root``, which tables leave out."""
+    root = Path(runs_root)
+    return sorted(p for p in root.rglob(f"*{PARTIAL_SUFFIX}") if p.is_dir()) if root.is_dir() else []
+
+
 def _read_run(run_dir: Path) -> dict:
     """One row of :func:`load_runs`: identity columns from the config, then the summary's scalars."""
     try:

@@ -103,6 +103,8 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
         KitError: a finished (or, with ``resume``, an unfinished) run of the same name was trained
             with other settings (``runs_root`` and ``device`` aside); bad names, data or a NaN loss.
     """
+    if Path(cfg.runs_root).exists() and not Path(cfg.runs_root).is_dir():
+        raise KitError(f"the runs folder '{cfg.runs_root}' is a file; pass a folder with --runs (runs_root=...)")
     device = dist_utils.local_device(cfg.device)
     dist_utils.init_from_env(device)
     run_dir = cfg.run_dir()

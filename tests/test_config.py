@@ -60,3 +60,39 @@ def test_version_and_program_name(capsys, monkeypatch):
     assert capsys.readouterr().out.strip() == f"python -m adafilter_lib {adafilter_lib.__version__}"
     monkeypatch.setattr("sys.argv", ["/usr/local/bin/adafilter", "--help"])
     assert cli.build_parser().format_help().startswith("usage: adafilter ")
+
+
+def test_config_file_errors_are_one_line_with_line_and_column(tmp_path):
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- data\n- model\n")
+    with pytest.raises(KitError, match="must hold a mapping of sections"):
+        load_config(listed, ["optim.lr=0.1"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data:\n  dataset: digits\n  resolution: [64\n")
+    with pytest.raises(KitError, match=r"is not valid YAML \(line \d+, column \d+: ") as excinfo:
+        load_config(broken)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_device_cuda_without_a_gpu_and_runs_folder_that_is_a_file(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from adafilter_lib import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["train", "--dataset", "digits", "--set", "device=cuda", "--runs", str(tmp_path)]) == 2
+    assert "device=cuda but no CUDA GPU" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["train", "--dataset", "digits", "--runs", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume(capsys, monkeypatch):
+    from adafilter_lib import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "list", interrupted)
+    assert cli.main(["list"]) == 130
+    assert "--resume" in capsys.readouterr().err

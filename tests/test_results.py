@@ -191,3 +191,11 @@ def test_a_gate_metric_table_sits_beside_the_error_table_without_bold(tmp_path):
     assert (out / "test_frac_finetuned_table.md").read_text().startswith("Fraction of gate choices that picked the fine-tuned")
     assert r"\textbf" not in (out / "test_frac_finetuned_table.tex").read_text()
     assert r"\textbf{11.00}" in (out / "error_table.tex").read_text()
+
+
+def test_table_command_says_which_unfinished_runs_it_left_out(runs_root, tmp_path, capsys):
+    from adafilter_lib.cli import main
+
+    assert main(["table", "--runs", str(runs_root), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 1 unfinished run(s) left out of the table (cub_200__finetune__s9.partial)" in err

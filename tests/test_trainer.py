@@ -78,8 +78,25 @@ def test_nan_loss_is_a_one_line_error_and_leaves_nothing(tiny_overrides, tmp_pat
     cfg = load_config(None, tiny_overrides + ["optim.lr=1e30", "optim.head_lr=1e30", "optim.epochs=3"])
     with pytest.raises(KitError) as err:
         fit(cfg, progress=False)
-    assert "NaN" in str(err.value) and "optim.lr" in str(err.value) and "\n" not in str(err.value)
+    assert ("NaN" in str(err.value) or "diverged" in str(err.value)) and "optim.lr" in str(err.value)
+    assert "\n" not in str(err.value)
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_finite_blow_up_is_stopped_like_a_nan_and_leaves_nothing(tiny_overrides, tmp_path):
+    cfg = load_config(None, tiny_overrides + ["optim.lr=1e6", "optim.head_lr=1e6"])
+    with pytest.raises(KitError, match="training diverged in epoch 1: mean loss .* chance level") as err:
+        fit(cfg, progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_identical_runs_write_identical_weight_files(tiny_overrides, tmp_path):
+    first = fit(load_config(None, tiny_overrides + [f"runs_root={tmp_path}/a"]), progress=False)
+    second = fit(load_config(None, tiny_overrides + [f"runs_root={tmp_path}/b"]), progress=False)
+    assert first["top1_err"] == second["top1_err"]
+    name = load_config(None, tiny_overrides).resolved_run_name()
+    assert (tmp_path / "a" / name / "best.pt").read_bytes() == (tmp_path / "b" / name / "best.pt").read_bytes()
 
 
 @pytest.mark.parametrize("override, fragment", [
