@@ -113,7 +113,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
-    p.add_argument("--out", default="results/bench", help="folder for the JSON record (default: results/bench)")
+    p.add_argument("--out", default="runs/bench", help="folder for the JSON record (default: runs/bench; the committed "
+                                                        "records are in results/bench: name it to add one)")
     p.add_argument("--also", nargs="+", default=[], metavar="METHOD",
                    help="more methods timed in the same interleaving, e.g. adafilter_all_finetuned (no gate network)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",

@@ -35,6 +35,7 @@ from . import pruning, runs
 from .config import RunConfig, save_config
 from .engine import evaluate
 from .errors import KitError
+from .provenance import provenance
 from .pruning_session import Session
 from .trainer import eval_loader, improves
 
@@ -101,7 +102,7 @@ def _finish(session: Session, run_dir: Path, best: dict, state: dict, extra: dic
                "train_seconds": state["train_seconds"], "search_seconds": state["search_seconds"],
                "num_train": len(session.splits.train), "num_val": len(session.splits.val), "num_test": len(session.splits.test),
                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-               "world_size": 1, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+               "world_size": 1, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "provenance": provenance(), **extra}
     runs.atomic_write_json(session.staging / runs.SUMMARY, summary)
     (session.staging / STATE_FILE).unlink(missing_ok=True)
     runs.publish(session.staging, run_dir)

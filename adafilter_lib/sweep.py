@@ -104,7 +104,7 @@ def run_sweep(grid: list[RunConfig], out_dir: str, dry_run: bool = False, gpus: 
             print(f"{status(cfg):>10}  {cfg.resolved_run_name()}  " + (f"~{hours:.2f} h" if hours is not None else "? h"))
         print(f"{len(grid)} runs; " + (f"about {total:.1f} GPU-hours (measured step times in results/bench)" if known else
               "no estimate for runs marked '?': measure the step time on your GPU first with "
-              "`python -m adafilter_lib bench --backbone resnet50 --res 224 --batch 64 --device cuda`"))
+              "`python -m adafilter_lib bench --backbone resnet50 --res 224 --batch 64 --device cuda --out results/bench`"))
         return None
     for number, cfg in enumerate(grid, 1):
         if progress:

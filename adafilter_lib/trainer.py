@@ -28,6 +28,7 @@ from .gates import USAGE_FILE, GateRecorder, GateStats, GateSummary
 from .errors import KitError
 from .methods import build_method
 from .model import backbone_spec, build_transfer_model
+from .provenance import provenance
 
 EpochHook = Callable[[int, dict], None]
 
@@ -246,4 +247,5 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
         "num_train": len(splits.train), "num_val": len(splits.val), "num_test": len(splits.test),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "world_size": dist_utils.world_size(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "provenance": provenance(),  # git commit, versions, command line (a dict: tables read only the scalars)
     }

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .records import runs_of
 from .results import error_table, export_table, table_stem
+from .provenance import one_line
 from .runs import atomic_write_text
 from .study_recipe import Study
 
@@ -111,6 +112,7 @@ def _readme(study: Study, markdown: str, command: str) -> str:
 
 Written by `{command}` from the run records under `{study.runs_root}` (recipe: `{study.recipe}`).
 Rerunning the command reuses finished runs, continues unfinished ones and rewrites these files.
+{one_line()} (Each run's `summary.json` records the commit, versions and command it was trained with.)
 
 Selection: {rule}. The rule: the lowest validation error; ties go to the lower validation loss of the
 best epochs, then to the cell listed first. The test split is never used to choose. Differences are

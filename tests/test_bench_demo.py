@@ -128,3 +128,9 @@ def test_demo_command_library_defaults_flag_trains_only_the_library_recipe(tmp_p
     assert [load_config(d / "config.yaml").method.adafilter for d in sorted((runs / "adafilter" / "defaults").iterdir())] \
         == [AdaFilterConfig()]
     assert main(["demo", "--datasets", "digitz"]) == 2
+
+
+def test_bench_writes_to_a_user_folder_by_default_not_the_committed_records():
+    from adafilter_lib.cli import build_parser
+
+    assert build_parser().parse_args(["bench"]).out == "runs/bench"

@@ -193,3 +193,15 @@ def test_a_truncated_checkpoint_is_a_one_line_error_on_resume(tiny_cfg):
     with pytest.raises(KitError, match="checkpoint .* cannot be read.*--force") as excinfo:
         fit(tiny_cfg, resume=True, progress=False)
     assert "\n" not in str(excinfo.value)
+
+
+def test_summary_records_commit_versions_and_command(tiny_cfg):
+    import torchvision
+
+    summary = fit(tiny_cfg, progress=False)
+    prov = json.loads((tiny_cfg.run_dir() / "summary.json").read_text())["provenance"]
+    assert prov == summary["provenance"]
+    assert prov["torch"] == torch.__version__.split("+")[0] or prov["torch"] == torch.__version__
+    assert prov["torchvision"] and prov["torchvision"].split("+")[0] == torchvision.__version__.split("+")[0]
+    assert set(prov) >= {"git_commit", "git_dirty", "kit", "python", "cuda", "timm", "command"}
+    assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
