@@ -388,3 +388,15 @@ def test_omniglot_drawer_split(tmp_path, monkeypatch):
     assert splits.classes == ["Latin/character01", "Latin/character02"]
     assert len(splits.test) == 10 and all(int(Path(p).stem[-2:]) > 15 for p in splits.test.paths)
     assert len(splits.train) + len(splits.val) == 30
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(20 * 16, dtype=np.uint16).reshape(16, 20) * 200).astype(np.uint16)  # 0..63800
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as raw:
+        assert raw.mode.startswith("I")  # what PIL gives for a 16-bit PNG
+    image, _ = FileImages([path], [0])[0]
+    pixels = np.asarray(image)
+    assert pixels.shape == (16, 20, 3) and pixels[..., 0].tolist() == (ramp // 257).astype(np.uint8).tolist()
+    assert pixels.mean() < 200  # clipped, it was almost all 255

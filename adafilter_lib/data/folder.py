@@ -63,7 +63,9 @@ class FileImages(Dataset):
             with Image.open(path) as image:
                 # Palette, gray, CMYK and RGBA files all become RGB here; load() happens inside
                 # convert, so truncated files fail now, inside the try.
-                image = image.convert("RGB")
+                image = _to_8bit(image, path).convert("RGB")
+        except KitError:
+            raise
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
             raise unreadable_image(path, err) from None
         if self.transform is not None:
@@ -73,6 +75,21 @@ class FileImages(Dataset):
     def subset(self, indices: np.ndarray, transform: Optional[Callable] = None) -> "FileImages":
         """The files at ``indices`` with ``transform``."""
         return FileImages([self.paths[i] for i in np.asarray(indices, dtype=np.int64)], self.labels[indices], transform)
+
+
+def _to_8bit(image: Image.Image, path) -> Image.Image:
+    """16-bit gray images scaled to 8 bits (PIL's ``convert`` clips them: a 16-bit PNG became near-white).
+
+    Raises:
+        KitError: a 32-bit integer image with values beyond 16 bits (no known range to scale).
+    """
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return image
+    values = np.asarray(image, dtype=np.int64)
+    if values.min() < 0 or values.max() > 65535:
+        raise KitError(f"image '{path}' is a 32-bit integer image ({values.min()}..{values.max()}); "
+                       f"save it as 8- or 16-bit, or remove it")
+    return Image.fromarray((values // 257).astype(np.uint8))  # 0..65535 -> 0..255, mode L
 
 
 def verify_images(paths: Sequence[str | Path]) -> None:
