@@ -13,7 +13,7 @@ def add_run_options(p: argparse.ArgumentParser, methods: Optional[Sequence[str]]
         methods: the method names the command accepts (None: any, checked by the config).
         epochs: offer ``--epochs`` (commands whose method sets its own schedule leave it out).
     """
-    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--config", help="YAML config file, or a config shipped with the kit: demo, paper/<dataset>")
     p.add_argument("--dataset", help="dataset name or folder:PATH (see `list`)")
     p.add_argument("--method", default=method_default, choices=methods, help="method name (see `list`)")
     p.add_argument("--backbone", help="backbone name (see `list`)")
@@ -29,8 +29,9 @@ def add_run_options(p: argparse.ArgumentParser, methods: Optional[Sequence[str]]
 
 def config_from_args(args: argparse.Namespace):
     """The RunConfig of defaults, ``--config``, the shortcut flags, then ``--set`` (in that order)."""
-    from .config import load_config
+    from .config import load_config, resolve_config
 
     shortcuts = {"data.dataset": args.dataset, "method.name": args.method, "model.backbone": args.backbone,
                  "optim.epochs": getattr(args, "epochs", None), "seed": args.seed, "runs_root": args.runs_root}
-    return load_config(args.config, [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(args.set))
+    config = resolve_config(args.config) if args.config else None  # a file, or a packaged name such as paper/dtd
+    return load_config(config, [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(args.set))

@@ -12,13 +12,15 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("sweep", help="run a grid of datasets x methods x seeds (resumable, shardable), then the table",
                        description="Run every (dataset, method, seed); finished runs are skipped, unfinished ones resume. "
-                                   "Configs come from <config-dir>/<dataset>.yaml when present.")
+                                   "Each dataset's config comes from <config-dir>/<dataset>.yaml (the paper protocol shipped "
+                                   "with the kit by default); a dataset without one is an error unless --config names one file for all.")
     p.add_argument("--datasets", nargs="+", required=True)
     p.add_argument("--methods", nargs="+", required=True)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--runs", dest="runs_root", default="runs/paper", help="runs root (default: runs/paper)")
     p.add_argument("--out", default="results/paper", help="table folder (default: results/paper)")
-    p.add_argument("--config-dir", default="configs/paper", help="per-dataset configs (default: configs/paper)")
+    p.add_argument("--config-dir", help="folder of per-dataset configs <dataset>.yaml (default: the packaged adafilter_lib/configs/paper)")
+    p.add_argument("--config", help="one config for every dataset instead: a YAML file, or 'defaults' for the library defaults")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     p.add_argument("--shard", default="1/1", help="run only shard i of n, e.g. 2/4 (default: 1/1)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs per run (default: all visible; >1 uses torchrun)")
@@ -37,7 +39,8 @@ def cmd_sweep(args) -> int:
     from .sweep import parse_shard, plan, run_sweep, shard
 
     index, count = parse_shard(args.shard)
-    grid = shard(plan(args.datasets, args.methods, args.seeds, args.runs_root, args.config_dir, args.set), index, count)
+    grid = shard(plan(args.datasets, args.methods, args.seeds, args.runs_root, args.config_dir, args.set, args.config),
+                 index, count)
     run_sweep(grid, args.out, dry_run=args.dry_run, gpus=args.gpus, progress=not args.no_progress,
               method_order=args.methods)
     return 0

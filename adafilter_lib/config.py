@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -145,6 +146,22 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
                 raise KitError(f"override '{item}': '{part}' is a value, not a section")
         node[leaf] = yaml.safe_load(raw) if raw.strip() else None
     return values
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config given as a YAML path, or by the name of one shipped in the package: ``demo``,
+    ``demo_study``, ``paper/<dataset>`` (``adafilter_lib/configs/<name>.yaml``); an existing file wins.
+
+    Raises:
+        KitError: neither exists.
+    """
+    if Path(name).is_file():
+        return Path(name)
+    packaged = Path(str(resources.files("adafilter_lib") / "configs" / f"{name}.yaml"))
+    if packaged.is_file():
+        return packaged
+    raise KitError(f"config '{name}' is neither a YAML file nor a config shipped with the kit (demo, "
+                   f"paper/<dataset>, e.g. paper/dtd); check the path")
 
 
 def read_yaml(path: str | Path, what: str, hint: str) -> Any:

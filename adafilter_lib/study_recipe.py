@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import RunConfig, load_config, read_yaml
+from .config import RunConfig, load_config, read_yaml, resolve_config
 from .errors import KitError
 
 SELECT_RULES = ("first", "all")
@@ -52,15 +51,8 @@ class Study:
 
 
 def base_config_path(name: Optional[str]) -> Optional[Path]:
-    """A packaged config (``demo`` -> ``adafilter_lib/configs/demo.yaml``) or an existing YAML path."""
-    if name is None:
-        return None
-    packaged = Path(str(resources.files("adafilter_lib") / "configs" / f"{name}.yaml"))
-    if packaged.is_file():
-        return packaged
-    if Path(name).is_file():
-        return Path(name)
-    raise KitError(f"study base '{name}' is neither a packaged config (e.g. demo) nor a YAML file; fix 'base:'")
+    """A recipe's ``base``: a YAML path or a packaged config name (see :func:`~adafilter_lib.config.resolve_config`)."""
+    return None if name is None else resolve_config(name)
 
 
 def _slug(key: str, value) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -41,13 +42,32 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def paper_config_dir() -> Path:
+    """The per-dataset paper configs shipped inside the package (``adafilter_lib/configs/paper/``)."""
+    return Path(str(resources.files("adafilter_lib") / "configs" / "paper"))
+
+
 def plan(datasets: Sequence[str], methods: Sequence[str], seeds: Sequence[int], runs_root: str,
-         config_dir: str = "configs/paper", overrides: Sequence[str] = ()) -> list[RunConfig]:
-    """The full grid, sorted by run name; ``<config_dir>/<dataset>.yaml`` is used when it exists."""
+         config_dir: Optional[str] = None, overrides: Sequence[str] = (), config: Optional[str] = None) -> list[RunConfig]:
+    """The full grid, sorted by run name.
+
+    Each dataset's settings come from ``<config_dir>/<dataset>.yaml`` (default: the packaged paper configs),
+    or, with ``config``, from that one file for every dataset (``"defaults"``: the library defaults).
+
+    Raises:
+        KitError: a dataset has no config in ``config_dir`` (a silent fallback would train another protocol).
+    """
+    folder = Path(config_dir) if config_dir is not None else paper_config_dir()
     grid = []
     for dataset in datasets:
-        path = Path(config_dir) / f"{dataset}.yaml"
-        base = path if path.is_file() else None
+        if config is not None:
+            base = None if config == "defaults" else config
+        else:
+            base = folder / f"{dataset}.yaml"
+            if not base.is_file():
+                known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
+                raise KitError(f"no config for dataset '{dataset}' in '{folder}' (has: {known}); write "
+                               f"{dataset}.yaml there, or give every dataset one file with --config FILE")
         for method in methods:
             for seed in seeds:
                 grid.append(load_config(base, [f"data.dataset={dataset}", f"method.name={method}", f"seed={seed}",

@@ -10,14 +10,14 @@ from PIL import Image
 
 from adafilter_lib import runs
 from adafilter_lib.cli import main
-from adafilter_lib.config import load_config
+from adafilter_lib.config import load_config, resolve_config
 from adafilter_lib.data import dataset_names
 from adafilter_lib.errors import KitError
 from adafilter_lib.prepare import ARCHIVE_SETS, prepare
-from adafilter_lib.sweep import parse_shard, plan, reduction_line, run_sweep, shard, status
+from adafilter_lib.sweep import paper_config_dir, parse_shard, plan, reduction_line, run_sweep, shard, status
 from adafilter_lib.trainer import fit
 
-PAPER_CONFIGS = sorted(Path("configs/paper").glob("*.yaml"))
+PAPER_CONFIGS = sorted(paper_config_dir().glob("*.yaml"))
 
 
 def test_every_paper_config_loads_and_names_a_registered_dataset():
@@ -84,7 +84,8 @@ def standin(tmp_path_factory):
 
 def test_shards_cover_the_grid_exactly_once(standin, tmp_path):
     dataset, tiny = standin
-    grid = plan([dataset, "digits"], ["finetune", "linear_probe", "adafilter"], [0, 1, 2], str(tmp_path), overrides=tiny)
+    grid = plan([dataset, "digits"], ["finetune", "linear_probe", "adafilter"], [0, 1, 2], str(tmp_path), overrides=tiny,
+                config="defaults")
     names = [c.resolved_run_name() for c in grid]
     parts = [[c.resolved_run_name() for c in shard(grid, i, 3)] for i in (1, 2, 3)]
     assert sorted(sum(parts, [])) == sorted(names) and len(set(sum(parts, []))) == len(names) == 18
@@ -95,7 +96,7 @@ def test_shards_cover_the_grid_exactly_once(standin, tmp_path):
 
 def test_sweep_builds_the_table_is_idempotent_and_resumes(standin, tmp_path, capsys):
     dataset, tiny = standin
-    grid = plan([dataset], ["linear_probe", "finetune"], [0, 1], str(tmp_path / "runs"), overrides=tiny)
+    grid = plan([dataset], ["linear_probe", "finetune"], [0, 1], str(tmp_path / "runs"), overrides=tiny, config="defaults")
     killed = grid[0]
 
     def kill(epoch, record):
@@ -119,8 +120,23 @@ def test_sweep_builds_the_table_is_idempotent_and_resumes(standin, tmp_path, cap
 
 def test_dry_run_prints_the_plan_without_training(standin, tmp_path, capsys):
     dataset, tiny = standin
-    grid = plan(["stanford_dogs", dataset], ["finetune"], [0], str(tmp_path), overrides=tiny)
+    grid = plan(["stanford_dogs"], ["finetune"], [0], str(tmp_path), overrides=tiny)
     assert run_sweep(grid, str(tmp_path / "out"), dry_run=True) is None
     out = capsys.readouterr().out
     assert "to do" in out and "stanford_dogs__finetune" in out and "bench" in out
     assert not any(tmp_path.glob("*__*"))
+
+
+def test_sweep_plans_the_paper_protocol_from_the_packaged_configs_in_any_folder(tmp_path, monkeypatch, capsys):
+    from adafilter_lib.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: only what the installed package ships
+    grid = plan(["fgvc_aircraft", "uc_merced_full"], ["finetune"], [0], "runs")
+    assert {(c.model.backbone, c.data.resolution, c.optim.epochs) for c in grid} == {("resnet50", 224, 30)}
+    with pytest.raises(KitError, match="no config for dataset 'digits'.*--config FILE"):
+        plan(["digits"], ["finetune"], [0], "runs")
+    assert main(["sweep", "--datasets", "dtd", "--methods", "finetune", "--dry-run"]) == 0
+    assert "dtd__finetune__resnet50__s0" in capsys.readouterr().out
+    assert main(["sweep", "--datasets", "digits", "--methods", "finetune", "--dry-run"]) == 2
+    assert "no config for dataset 'digits'" in capsys.readouterr().err
+    assert load_config(resolve_config("paper/dtd")).data.dataset == "dtd"  # train --config paper/dtd
