@@ -84,7 +84,7 @@ def test_nan_loss_is_a_one_line_error_and_leaves_nothing(tiny_overrides, tmp_pat
 
 
 def test_a_finite_blow_up_is_stopped_like_a_nan_and_leaves_nothing(tiny_overrides, tmp_path):
-    cfg = load_config(None, tiny_overrides + ["optim.lr=1e6", "optim.head_lr=1e6"])
+    cfg = load_config(None, tiny_overrides + ["optim.lr=1e3", "optim.head_lr=1e3"])  # loss 1e10, finite
     with pytest.raises(KitError, match="training diverged in epoch 1: mean loss .* chance level") as err:
         fit(cfg, progress=False)
     assert "\n" not in str(err.value)
