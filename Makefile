@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lab table clean-runs clean-notebooks
+.PHONY: install demo test lint lab table clean-runs clean-notebooks
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Lint (pyflakes, pycodestyle errors, import order; rules in pyproject.toml). CI runs it before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check adafilter_lib tests
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)

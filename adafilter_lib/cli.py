@@ -10,9 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from . import __version__, cli_paper
-from . import cli_pruning
-from . import cli_tune
+from . import __version__, cli_paper, cli_pruning, cli_tune
 from .cli_args import add_run_options, config_from_args
 from .errors import KitError
 

@@ -193,8 +193,8 @@ def compaction_sweep(run_dir: str | Path, thresholds: Sequence[float] = DEFAULT_
         One row per threshold: ``threshold, extra_params_frac, top1_err, val_top1_err, top1_err_change``
         (vs. threshold 0, i.e. the uncompacted model) and the counts of :func:`extra_params`.
     """
-    from .trainer import eval_loader, prepare_run
     from . import distributed as dist_utils
+    from .trainer import eval_loader, prepare_run
 
     run_dir = Path(run_dir)
     if not runs.is_finished(run_dir) or not (run_dir / runs.BEST).exists():

@@ -15,8 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
-from . import pruning, runs
 from . import distributed as dist_utils
+from . import pruning, runs
 from .config import RunConfig
 from .engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
 from .errors import KitError

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-
 from . import pruning, runs
 from .config import RunConfig, save_config
 from .engine import evaluate

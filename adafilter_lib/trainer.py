@@ -24,8 +24,8 @@ from . import runs
 from .config import RunConfig, save_config
 from .data import DataSplits, build_datasets
 from .engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
-from .gates import USAGE_FILE, GateRecorder, GateStats, GateSummary
 from .errors import KitError
+from .gates import USAGE_FILE, GateRecorder, GateStats, GateSummary
 from .methods import build_method
 from .model import backbone_spec, build_transfer_model
 from .provenance import provenance

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Optional
 
 from . import runs
 from .config import RunConfig
-from .study_recipe import (SELECT_RULES, Row, Study, base_config_path, check_study, expand_cells,  # noqa: F401 (re-exported)
-                           load_study, rows_named, run_config)
+from .study_recipe import Row, Study, run_config
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,9 +20,9 @@ from typing import Optional
 
 import pandas as pd
 
+from .provenance import one_line
 from .records import runs_of
 from .results import error_table, export_table, table_stem
-from .provenance import one_line
 from .runs import atomic_write_text
 from .study_recipe import Study
 

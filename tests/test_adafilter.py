@@ -67,9 +67,10 @@ def test_all_finetuned_gates_reproduce_a_plain_network_with_the_finetuned_filter
 
 
 def _pairs(reference):
+    import re
+
     from adafilter_lib.adafilter import trace_conv_bn_pairs
     from adafilter_lib.model import backbone_spec
-    import re
 
     pattern = None
     for name in GATED_COUNTS:

@@ -11,8 +11,7 @@ import torchvision
 from PIL import Image
 
 from adafilter_lib.config import DataConfig
-from adafilter_lib.data import DATASETS, build_datasets, dataset_names
-from adafilter_lib.data import offline, uc_merced
+from adafilter_lib.data import DATASETS, build_datasets, dataset_names, offline, uc_merced
 from adafilter_lib.data.folder import FileImages
 from adafilter_lib.data.splits import TEST_SEED, carve_train_val, stratified_holdout
 from adafilter_lib.data.transforms import PRESETS, eval_transform, train_transform

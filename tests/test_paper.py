@@ -1,7 +1,6 @@
 """Paper-scale path up to the network boundary: configs, prepare, and the sweep on stand-in folder data."""
 import io
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

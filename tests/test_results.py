@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from adafilter_lib.errors import KitError
-from adafilter_lib.results import (build_tables, error_table, export_table, latex_table, load_runs,
-                                   markdown_table, wide_table)
+from adafilter_lib.results import build_tables, error_table, export_table, latex_table, load_runs, markdown_table, wide_table
 
 # (method, dataset) -> test errors of seeds 0, 1, 2, ...
 ERRORS = {

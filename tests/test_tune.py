@@ -7,8 +7,9 @@ import yaml
 
 from adafilter_lib import cli
 from adafilter_lib.errors import KitError
+from adafilter_lib.study_recipe import expand_cells, load_study
 from adafilter_lib.trainer import fit
-from adafilter_lib.tune import choose_cell, expand_cells, load_study, run_study, selection_runs
+from adafilter_lib.tune import choose_cell, run_study, selection_runs
 from adafilter_lib.tune_tables import write_tables
 
 TINY = ["data.n_per_class=4", "data.val_fraction=0.25", "data.resolution=32", "data.batch_size=8",

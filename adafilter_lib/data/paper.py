@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import KitError
-from .folder import FileImages, _first_line, class_dirs, images_in
+from .folder import FileImages, _first_line, class_dirs
 from .splits import TEST_SEED, Pool, sample_per_class
+
 
 def _root(cfg) -> Path:
     return Path(getattr(cfg, "root", "data")).expanduser()

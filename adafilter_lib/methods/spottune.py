@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from ..method_config import SpotTuneConfig
 from ..errors import KitError
+from ..method_config import SpotTuneConfig
 from ..model import ModelOutput, TransferModel
 from .base import Method, _groups
 
