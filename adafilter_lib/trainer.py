@@ -21,6 +21,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from . import distributed as dist_utils
 from . import runs
+from .class_metrics import ClassErrors
 from .config import RunConfig, save_config
 from .data import DataSplits, build_datasets
 from .engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
@@ -227,12 +228,13 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
     model.load_state_dict(torch.load(staging / runs.BEST, map_location=device, weights_only=True))
     method.finalize(model)
     single = dist_utils.world_size() == 1
-    stats, recorder = GateStats(len(splits.classes)), GateRecorder()
+    stats, recorder, per_class = GateStats(len(splits.classes)), GateRecorder(), ClassErrors(len(splits.classes))
     test = evaluate(model, eval_loader(splits.test, cfg), device, cfg.amp, cfg.channels_last, progress=progress, desc="test",
-                    on_batch=(lambda *batch: (stats(*batch), recorder(*batch))) if single else None)
+                    on_batch=(lambda *batch: (stats(*batch), recorder(*batch), per_class(*batch))) if single else None)
     if not single and dist_utils.is_main():  # the per-image record needs every test image in order
         full = DataLoader(splits.test, batch_size=cfg.data.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-        evaluate(model, full, device, cfg.amp, cfg.channels_last, on_batch=lambda *b: (stats(*b), recorder(*b)), reduce=False)
+        evaluate(model, full, device, cfg.amp, cfg.channels_last, on_batch=lambda *b: (stats(*b), recorder(*b), per_class(*b)),
+                 reduce=False)
     summary_gates = stats.compute()
     if summary_gates is not None and dist_utils.is_main():
         recorder.save(staging, splits.classes)
@@ -240,7 +242,7 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
     history = runs.read_jsonl(staging / runs.METRICS) if dist_utils.is_main() else []
     return {
         **_gate_fields(summary_gates, "test_", by_layer=False),
-        "top1_err": test["top1_err"], "test_loss": test["loss"],
+        "top1_err": test["top1_err"], "test_loss": test["loss"], "test_mean_class_err": per_class.mean_class_err(),
         "val_top1_err": best["val_top1_err"], "best_epoch": best["best_epoch"] + 1, "epochs": cfg.optim.epochs,
         "train_top1_err": history[-1]["train_top1_err"] if history else None,
         "train_seconds": sum(r["train_seconds"] for r in history),

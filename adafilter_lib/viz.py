@@ -189,15 +189,26 @@ def error_bars(table: pd.DataFrame, metric: str = "top1_err") -> Figure:
     return fig
 
 
-def figure_png(fig: Figure, dpi: int = 100) -> bytes:
-    """The figure rendered as PNG bytes."""
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def figure_png(fig: Figure, dpi: int = 100, fmt: str = "png") -> bytes:
+    """The figure rendered as bytes of ``fmt`` (PNG by default; ``pdf``, ``svg``)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format=fmt, dpi=dpi)
     return buffer.getvalue()
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically (folders created); returns the path."""
+    """Write ``fig`` at ``path`` atomically (folders created) in the format its suffix names: ``.png``,
+    ``.pdf`` or ``.svg`` (vector figures for papers); returns the path.
+
+    Raises:
+        KitError: another suffix.
+    """
     path = Path(path)
-    atomic_write_bytes(path, figure_png(fig, dpi))
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FIGURE_FORMATS:
+        raise KitError(f"figure '{path}': unknown format '{path.suffix}'; end the file name in .png, .pdf or .svg")
+    atomic_write_bytes(path, figure_png(fig, dpi, fmt))
     return path

@@ -101,3 +101,12 @@ def test_missing_columns_and_empty_tables_are_one_line_errors():
         viz.training_curves(_curves().drop(columns="split"))
     with pytest.raises(KitError, match="empty table"):
         viz.error_bars(pd.DataFrame(columns=["method", "dataset", "top1_err", "top1_err_std"]))
+
+
+def test_save_figure_honours_the_suffix(tmp_path):
+    fig = viz.training_curves(_curves())
+    assert viz.save_figure(fig, tmp_path / "a.pdf").read_bytes().startswith(b"%PDF")
+    assert b"<svg" in viz.save_figure(fig, tmp_path / "a.svg").read_bytes()[:400]
+    assert viz.save_figure(fig, tmp_path / "a.PNG").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(KitError, match="unknown format '.jpeg'"):
+        viz.save_figure(fig, tmp_path / "a.jpeg")
