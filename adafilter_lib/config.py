@@ -70,6 +70,7 @@ class RunConfig:
     device: str = "auto"              # "auto", "cpu", "cuda"
     amp: bool = True                  # bf16 autocast, used only on CUDA
     channels_last: bool = True        # memory format for conv nets (helps on CPU and GPU)
+    log_tensorboard: bool = False     # also write per-epoch metrics and gate usage as TensorBoard events (extra)
 
     def resolved_run_name(self) -> str:
         """The run directory's name (dataset names with a path are reduced to a safe slug)."""

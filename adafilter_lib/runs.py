@@ -38,8 +38,8 @@ from .errors import KitError
 PARTIAL_SUFFIX = ".partial"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
-# Keys that name where a run lives or runs, not what it computes: they may differ on reuse.
-_PLACE_KEYS = {"runs_root", "device"}
+# Keys that name where a run lives or runs or what it logs, not what it computes: they may differ on reuse.
+_PLACE_KEYS = {"runs_root", "device", "log_tensorboard"}
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"

@@ -30,6 +30,7 @@ from .gates import USAGE_FILE, GateRecorder, GateStats, GateSummary
 from .methods import build_method
 from .model import backbone_spec, build_transfer_model
 from .provenance import provenance
+from .tb_log import closing_logger, epoch_logger
 
 EpochHook = Callable[[int, dict], None]
 
@@ -160,6 +161,7 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     if dist_utils.world_size() > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     val_loader = eval_loader(splits.val, cfg)
+    board = locks.enter_context(closing_logger(epoch_logger(cfg.log_tensorboard and dist_utils.is_main(), staging)))
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
             torch.manual_seed(epoch_seed(cfg.seed, epoch, dist_utils.rank()))
@@ -179,6 +181,8 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
                 if improved:
                     runs.atomic_torch_save(model.state_dict(), staging / runs.BEST)
                 runs.append_jsonl(staging / runs.METRICS, record)
+                if board is not None:
+                    board.log(record)
                 runs.atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best": best}, checkpoint_path)
                 if progress:
