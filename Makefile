@@ -20,9 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Lint (pyflakes, pycodestyle errors, import order; rules in pyproject.toml). CI runs it before the tests.
+# Lint (pyflakes, pycodestyle errors, import order; rules in pyproject.toml) and format check. CI runs it before
+# the tests; `$(VENV)/bin/ruff format adafilter_lib tests` formats.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check adafilter_lib tests
+	$(VENV)/bin/ruff format --check adafilter_lib tests
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)

@@ -9,6 +9,7 @@ forward pass, so the same code converts torchvision ResNets and MobileNetV2 and 
 :class:`AdaFilterModel` returns ``ModelOutput(logits, gates)`` with ``gates[name]`` of shape
 ``(B, C_out)`` for every gated layer, keyed by the conv's module name in the backbone.
 """
+
 from __future__ import annotations
 
 import re
@@ -134,8 +135,10 @@ class AdaFilterModel(TransferModel):
         # reported are each filter's majority choice over the K draws.
         passes = [self._single_pass(images, False) for _ in range(cfg.eval_samples)]
         probs = torch.stack([p.logits.float().softmax(1) for p in passes]).mean(0)  # (B, K)
-        gates = {name: (torch.stack([p.gates[name] for p in passes]).mean(0) >= 0.5).to(passes[0].gates[name].dtype)
-                 for name in passes[0].gates}
+        gates = {
+            name: (torch.stack([p.gates[name] for p in passes]).mean(0) >= 0.5).to(passes[0].gates[name].dtype)
+            for name in passes[0].gates
+        }
         return ModelOutput(probs.clamp_min(1e-12).log(), gates)
 
     def _single_pass(self, images: torch.Tensor, warmup: bool) -> ModelOutput:
@@ -160,8 +163,11 @@ class AdaFilterModel(TransferModel):
 def trace_conv_bn_pairs(features: nn.Module, resolution: int = 64) -> list[tuple[str, Optional[str]]]:
     """(conv name, name of the BN applied right after it or None) for every conv, in execution order."""
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: order.append(name))
-             for name, m in features.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, name=name: order.append(name))
+        for name, m in features.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
+    ]
     was_training = features.training
     try:
         features.eval()
@@ -177,7 +183,11 @@ def trace_conv_bn_pairs(features: nn.Module, resolution: int = 64) -> list[tuple
         if not isinstance(modules[name], nn.Conv2d):
             continue
         nxt = order[i + 1] if i + 1 < len(order) else None
-        follows = nxt is not None and isinstance(modules[nxt], nn.BatchNorm2d) and modules[nxt].num_features == modules[name].out_channels
+        follows = (
+            nxt is not None
+            and isinstance(modules[nxt], nn.BatchNorm2d)
+            and modules[nxt].num_features == modules[name].out_channels
+        )
         pairs.append((name, nxt if follows else None))
     return pairs
 
@@ -194,8 +204,7 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
-def convert_to_adafilter(model: TransferModel, cfg: AdaFilterConfig, stage_pattern: str,
-                         sample_seed: int = 0) -> AdaFilterModel:
+def convert_to_adafilter(model: TransferModel, cfg: AdaFilterConfig, stage_pattern: str, sample_seed: int = 0) -> AdaFilterModel:
     """Replace the selected convs (and their BNs) of ``model.features`` by gated sites.
 
     Args:

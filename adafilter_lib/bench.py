@@ -8,6 +8,7 @@ both, weight gradients through one). ``also`` adds more methods (e.g. the ablati
 ``adafilter_all_finetuned``: both banks, gated BN and the mix without the gate network) to the same
 interleaving, each with its ratio to fine-tuning, to show where AdaFilter's extra time goes.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,14 @@ from .model import build_transfer_model
 from .runs import atomic_write_json
 
 
-def _models(backbone: str, num_classes: int, device: torch.device, channels_last: bool, also: Sequence[str] = (),
-            overrides: Sequence[str] = ()):
+def _models(
+    backbone: str,
+    num_classes: int,
+    device: torch.device,
+    channels_last: bool,
+    also: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+):
     """Fine-tuning, AdaFilter and the ``also`` methods' models (random weights: timing does not depend on them).
 
     ``overrides`` (``key=value``, e.g. ``method.adafilter.bn_pretrained=frozen``) apply to every model.
@@ -79,9 +86,20 @@ def _eval_step(model, x, device, amp) -> None:
         model(x)
 
 
-def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmup: int = 3, device: str = "auto",
-              channels_last: bool = True, amp: bool = True, out_dir: Optional[str] = "results/bench",
-              command: Optional[str] = None, also: Sequence[str] = (), overrides: Sequence[str] = ()) -> dict:
+def run_bench(
+    backbone: str,
+    resolution: int,
+    batch: int,
+    steps: int = 10,
+    warmup: int = 3,
+    device: str = "auto",
+    channels_last: bool = True,
+    amp: bool = True,
+    out_dir: Optional[str] = "results/bench",
+    command: Optional[str] = None,
+    also: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+) -> dict:
     """Time training and evaluation steps of fine-tuning, AdaFilter and ``also``; return medians (s) and ratios.
 
     Ratios are AdaFilter's over fine-tuning's (``train_step_ratio``, ``eval_step_ratio``) and, for each
@@ -106,22 +124,35 @@ def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmu
     med = {k: statistics.median(v) for k, v in times.items()}
     extra_methods = [name for name in models if name not in ("finetune", "adafilter")]
     result = {
-        "backbone": backbone, "resolution": resolution, "batch": batch, "steps": steps, "warmup": warmup,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads, {_cpu_name()})",
-        "channels_last": channels_last, "amp": amp and dev.type == "cuda", "torch": torch.__version__,
+        "backbone": backbone,
+        "resolution": resolution,
+        "batch": batch,
+        "steps": steps,
+        "warmup": warmup,
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads, {_cpu_name()})",
+        "channels_last": channels_last,
+        "amp": amp and dev.type == "cuda",
+        "torch": torch.__version__,
         **{f"{k}_median_s": v for k, v in med.items()},
         "train_step_ratio": med["train_adafilter"] / med["train_finetune"],
         "eval_step_ratio": med["eval_adafilter"] / med["eval_finetune"],
-        **{f"{kind}_step_ratio_{name}": med[f"{kind}_{name}"] / med[f"{kind}_finetune"]
-           for name in extra_methods for kind in ("train", "eval")},
-        "also": extra_methods, "set": list(overrides),
+        **{
+            f"{kind}_step_ratio_{name}": med[f"{kind}_{name}"] / med[f"{kind}_finetune"]
+            for name in extra_methods
+            for kind in ("train", "eval")
+        },
+        "also": extra_methods,
+        "set": list(overrides),
         "command": command,
     }
     if out_dir is not None:
         tag = "cuda" if dev.type == "cuda" else "cpu"
         # settings in the name, so that a --set run does not overwrite the record of the defaults
         extra = "".join(f"_{name}" for name in result["also"]) + "".join(
-            "_" + item.rsplit(".", 1)[-1].replace("=", "-") for item in overrides)
+            "_" + item.rsplit(".", 1)[-1].replace("=", "-") for item in overrides
+        )
         atomic_write_json(Path(out_dir) / f"{backbone}_{resolution}px_b{batch}_{tag}{extra}.json", result)
     return result
 
@@ -129,15 +160,20 @@ def run_bench(backbone: str, resolution: int, batch: int, steps: int = 10, warmu
 def format_bench(result: dict) -> str:
     """Human-readable lines; the last one is ``train_step_ratio=<x> eval_step_ratio=<y>``."""
     ms = lambda key: f"{1000 * result[key]:.1f} ms"
-    return "\n".join([
-        f"{result['backbone']} {result['resolution']}px batch {result['batch']} on {result['device']} "
-        f"(median of {result['steps']} interleaved steps)",
-        f"  train step: finetune {ms('train_finetune_median_s')}, adafilter {ms('train_adafilter_median_s')}",
-        f"  eval step:  finetune {ms('eval_finetune_median_s')}, adafilter {ms('eval_adafilter_median_s')}",
-        *(f"  {name}: train step {ms(f'train_{name}_median_s')} ({result[f'train_step_ratio_{name}']:.3f}x), "
-          f"eval step {ms(f'eval_{name}_median_s')} ({result[f'eval_step_ratio_{name}']:.3f}x)" for name in result.get("also", [])),
-        f"train_step_ratio={result['train_step_ratio']:.3f} eval_step_ratio={result['eval_step_ratio']:.3f}",
-    ])
+    return "\n".join(
+        [
+            f"{result['backbone']} {result['resolution']}px batch {result['batch']} on {result['device']} "
+            f"(median of {result['steps']} interleaved steps)",
+            f"  train step: finetune {ms('train_finetune_median_s')}, adafilter {ms('train_adafilter_median_s')}",
+            f"  eval step:  finetune {ms('eval_finetune_median_s')}, adafilter {ms('eval_adafilter_median_s')}",
+            *(
+                f"  {name}: train step {ms(f'train_{name}_median_s')} ({result[f'train_step_ratio_{name}']:.3f}x), "
+                f"eval step {ms(f'eval_{name}_median_s')} ({result[f'eval_step_ratio_{name}']:.3f}x)"
+                for name in result.get("also", [])
+            ),
+            f"train_step_ratio={result['train_step_ratio']:.3f} eval_step_ratio={result['eval_step_ratio']:.3f}",
+        ]
+    )
 
 
 def bench_table(records_dir: str | Path = "results/bench") -> str:
@@ -151,15 +187,20 @@ def bench_table(records_dir: str | Path = "results/bench") -> str:
         raise KitError(f"no bench records (*.json) in {records_dir}; run `python -m adafilter_lib bench` first")
     records = [json.loads(path.read_text()) for path in paths]
     also = list(dict.fromkeys(name for record in records for name in record.get("also", [])))
-    header = (["command", "device", "fine-tuning step", "AdaFilter step", "train ratio", "eval ratio"]
-              + [f"`{name}` train ratio" for name in also])
+    header = ["command", "device", "fine-tuning step", "AdaFilter step", "train ratio", "eval ratio"] + [
+        f"`{name}` train ratio" for name in also
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for record in records:
         command = (record.get("command") or "").replace("python -m adafilter_lib ", "")
-        cells = [f"`{command}`", record["device"], f"{1000 * record['train_finetune_median_s']:.0f} ms",
-                 f"{1000 * record['train_adafilter_median_s']:.0f} ms", f"{record['train_step_ratio']:.2f}",
-                 f"{record['eval_step_ratio']:.2f}"]
-        cells += [f"{record[f'train_step_ratio_{name}']:.2f}" if f"train_step_ratio_{name}" in record else ""
-                  for name in also]
+        cells = [
+            f"`{command}`",
+            record["device"],
+            f"{1000 * record['train_finetune_median_s']:.0f} ms",
+            f"{1000 * record['train_adafilter_median_s']:.0f} ms",
+            f"{record['train_step_ratio']:.2f}",
+            f"{record['eval_step_ratio']:.2f}",
+        ]
+        cells += [f"{record[f'train_step_ratio_{name}']:.2f}" if f"train_step_ratio_{name}" in record else "" for name in also]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

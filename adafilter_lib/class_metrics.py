@@ -4,6 +4,7 @@ Top-1 error weighs every test image alike, so large classes dominate; the mean p
 every class alike. :class:`ClassErrors` is an ``evaluate`` batch hook that counts on the device and
 reads the counts once.
 """
+
 from __future__ import annotations
 
 from typing import Optional

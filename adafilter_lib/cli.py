@@ -2,6 +2,7 @@
 
 Every user-caused problem ends as one line ``error: ...`` on stderr and exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,14 @@ EXAMPLES = """examples:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one run (a method on a dataset with a backbone)",
-                       description="Train one run. Settings come from defaults, then --config, then the "
-                                   "shortcut flags, then --set overrides (dotted keys, e.g. optim.lr=0.01).",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    p = sub.add_parser(
+        "train",
+        help="train one run (a method on a dataset with a backbone)",
+        description="Train one run. Settings come from defaults, then --config, then the "
+        "shortcut flags, then --set overrides (dotted keys, e.g. optim.lr=0.01).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
     add_run_options(p)
 
 
@@ -46,8 +51,10 @@ def _cmd_train(args) -> int:
     from . import distributed
 
     if distributed.is_main():
-        print(f"{cfg.run_dir()}: top1_err {summary['top1_err']:.2f}% (test, best epoch {summary['best_epoch']} "
-              f"by val err {summary['val_top1_err']:.2f}%)")
+        print(
+            f"{cfg.run_dir()}: top1_err {summary['top1_err']:.2f}% (test, best epoch {summary['best_epoch']} "
+            f"by val err {summary['val_top1_err']:.2f}%)"
+        )
     distributed.shutdown()
     return 0
 
@@ -56,8 +63,9 @@ def _add_table(sub) -> None:
     p = sub.add_parser("table", help="build the error table (CSV, Markdown, LaTeX) from finished runs")
     p.add_argument("--runs", dest="runs_root", default="runs", help="folder searched for finished runs (default: runs)")
     p.add_argument("--out", default="results/tables", help="folder the tables are written to (default: results/tables)")
-    p.add_argument("--metric", default="top1_err",
-                   help="summary.json column to tabulate, e.g. test_frac_finetuned (default: top1_err)")
+    p.add_argument(
+        "--metric", default="top1_err", help="summary.json column to tabulate, e.g. test_frac_finetuned (default: top1_err)"
+    )
 
 
 def _cmd_table(args) -> int:
@@ -68,29 +76,42 @@ def _cmd_table(args) -> int:
     left_out = unfinished_runs(args.runs_root)
     if left_out:
         shown = ", ".join(p.name for p in left_out[:3]) + (" ..." if len(left_out) > 3 else "")
-        print(f"note: {len(left_out)} unfinished run(s) left out of the table ({shown}); finish them with --resume",
-              file=sys.stderr)
+        print(
+            f"note: {len(left_out)} unfinished run(s) left out of the table ({shown}); finish them with --resume", file=sys.stderr
+        )
     print(f"written: {args.out}/{table_stem(args.metric)}.csv, .md, .tex")
     return 0
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the main job: offline comparison on a near (UC Merced) and two far (digit) tasks, as a table",
-                       description="Train the demo grid (adafilter_lib/configs/demo_study.yaml): every method once per seed on "
-                                   "uc_merced, mnist5k and digits; AdaFilter once per recipe, its row showing per task the "
-                                   "recipe with the lowest validation error. Finished runs are reused.")
+    p = sub.add_parser(
+        "demo",
+        help="the main job: offline comparison on a near (UC Merced) and two far (digit) tasks, as a table",
+        description="Train the demo grid (adafilter_lib/configs/demo_study.yaml): every method once per seed on "
+        "uc_merced, mnist5k and digits; AdaFilter once per recipe, its row showing per task the "
+        "recipe with the lowest validation error. Finished runs are reused.",
+    )
     p.add_argument("--runs", dest="runs_root", help="run directories (default: runs/demo)")
     p.add_argument("--out", help="table folder (default: results/demo)")
     p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default: 0)")
     p.add_argument("--datasets", nargs="+", help="only these demo tasks, e.g. mnist5k digits (default: all three)")
     p.add_argument("--methods", nargs="+", help="only these methods (default: all demo methods)")
-    p.add_argument("--adafilter-recipes", nargs="+", metavar="RECIPE",
-                   help="only these AdaFilter recipes: gates_adamw, defaults (default: both, chosen per task on validation)")
+    p.add_argument(
+        "--adafilter-recipes",
+        nargs="+",
+        metavar="RECIPE",
+        help="only these AdaFilter recipes: gates_adamw, defaults (default: both, chosen per task on validation)",
+    )
     p.add_argument("--library-defaults", action="store_true", help="the same as --adafilter-recipes defaults")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-epoch lines")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides for every run, e.g. method.adafilter.gate_bias_init=0.5 (use a separate --runs folder)")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every run, e.g. method.adafilter.gate_bias_init=0.5 (use a separate --runs folder)",
+    )
 
 
 def _cmd_demo(args) -> int:
@@ -111,12 +132,25 @@ def _add_bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
-    p.add_argument("--out", default="runs/bench", help="folder for the JSON record (default: runs/bench; the committed "
-                                                        "records are in results/bench: name it to add one)")
-    p.add_argument("--also", nargs="+", default=[], metavar="METHOD",
-                   help="more methods timed in the same interleaving, e.g. adafilter_all_finetuned (no gate network)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides for every timed model, e.g. method.adafilter.bn_pretrained=frozen")
+    p.add_argument(
+        "--out",
+        default="runs/bench",
+        help="folder for the JSON record (default: runs/bench; the committed records are in results/bench: name it to add one)",
+    )
+    p.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="more methods timed in the same interleaving, e.g. adafilter_all_finetuned (no gate network)",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every timed model, e.g. method.adafilter.bn_pretrained=frozen",
+    )
 
 
 def _cmd_bench(args) -> int:
@@ -126,17 +160,29 @@ def _cmd_bench(args) -> int:
     from .model import backbone_spec
 
     backbone_spec(args.backbone)  # unknown names fail here, with the valid ones listed
-    command = (f"python -m adafilter_lib bench --backbone {args.backbone} --res {args.res} --batch {args.batch} "
-               f"--steps {args.steps} --warmup {args.warmup} --device {args.device}"
-               + (" --no-channels-last" if args.no_channels_last else "")
-               + (f" --also {' '.join(args.also)}" if args.also else "")
-               + (f" --set {' '.join(args.set)}" if args.set else ""))
+    command = (
+        f"python -m adafilter_lib bench --backbone {args.backbone} --res {args.res} --batch {args.batch} "
+        f"--steps {args.steps} --warmup {args.warmup} --device {args.device}"
+        + (" --no-channels-last" if args.no_channels_last else "")
+        + (f" --also {' '.join(args.also)}" if args.also else "")
+        + (f" --set {' '.join(args.set)}" if args.set else "")
+    )
     for name in args.also:  # unknown names fail before any model is built, with the valid ones listed
         build_method(load_config(None, [f"method.name={name}"]))
     load_config(None, list(args.set))  # and so do unknown keys or invalid values
-    result = run_bench(args.backbone, args.res, args.batch, args.steps, args.warmup, args.device,
-                       channels_last=not args.no_channels_last, out_dir=args.out, command=command, also=args.also,
-                       overrides=args.set)
+    result = run_bench(
+        args.backbone,
+        args.res,
+        args.batch,
+        args.steps,
+        args.warmup,
+        args.device,
+        channels_last=not args.no_channels_last,
+        out_dir=args.out,
+        command=command,
+        also=args.also,
+        overrides=args.set,
+    )
     print(format_bench(result))
     return 0
 
@@ -165,8 +211,10 @@ def _cmd_drift(args) -> int:
 
     table = drift_by_selection(args.runs_root)
     summary = table.groupby(["method", "dataset", "band"], sort=False)[["share", "median_drift"]].mean()
-    print("Share of gated filters per test selection band and their median relative drift "
-          "||W_ft - W_pre|| / ||W_pre|| (mean over runs):\n")
+    print(
+        "Share of gated filters per test selection band and their median relative drift "
+        "||W_ft - W_pre|| / ||W_pre|| (mean over runs):\n"
+    )
     print(summary.reset_index().to_markdown(index=False, floatfmt=".3f"))
     if args.out:
         atomic_write_text(Path(args.out), table.to_csv(index=False))
@@ -175,13 +223,23 @@ def _cmd_drift(args) -> int:
 
 
 def _add_counterfactual(sub) -> None:
-    p = sub.add_parser("counterfactual", help="AdaFilter runs re-evaluated with every gate 1 / every gate 0: does the selection help?")
+    p = sub.add_parser(
+        "counterfactual", help="AdaFilter runs re-evaluated with every gate 1 / every gate 0: does the selection help?"
+    )
     p.add_argument("--runs", dest="runs_root", default="runs", help="folder searched for finished runs (default: runs)")
     overrides = ("learned", "ones", "zeros")  # counterfactual.GATE_OVERRIDES (not imported: --help stays torch-free)
-    p.add_argument("--gates", nargs="+", default=list(overrides), choices=overrides,
-                   help="the gate settings to evaluate (default: all three)")
-    p.add_argument("--recalibrate", action="store_true",
-                   help="re-estimate BN statistics on the training split under each override (default: keep the run's)")
+    p.add_argument(
+        "--gates",
+        nargs="+",
+        default=list(overrides),
+        choices=overrides,
+        help="the gate settings to evaluate (default: all three)",
+    )
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="re-estimate BN statistics on the training split under each override (default: keep the run's)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--out", help="CSV file for the per-run table (default: print the summary only)")
 
@@ -192,8 +250,10 @@ def _cmd_counterfactual(args) -> int:
 
     table = counterfactual_table(args.runs_root, args.gates, args.recalibrate, progress=not args.no_progress)
     summary = table.groupby(["method", "dataset", "gates"], sort=False)[["val_top1_err", "top1_err", "val_frac_finetuned"]]
-    print(f"Error (%) of each AdaFilter run's weights under its learned gates and with every gate forced "
-          f"(mean over {table['run_dir'].nunique()} runs; choose by val_top1_err only):\n")
+    print(
+        f"Error (%) of each AdaFilter run's weights under its learned gates and with every gate forced "
+        f"(mean over {table['run_dir'].nunique()} runs; choose by val_top1_err only):\n"
+    )
     print(summary.mean().reset_index().to_markdown(index=False, floatfmt=".2f"))
     if args.out:
         atomic_write_text(Path(args.out), table.to_csv(index=False))
@@ -218,8 +278,9 @@ def _prog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    parser = argparse.ArgumentParser(
+        prog=_prog(), description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -236,10 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _cmd_train, "table": _cmd_table, "demo": _cmd_demo, "bench": _cmd_bench, "bench-table": _cmd_bench_table,
-            "drift": _cmd_drift, "counterfactual": _cmd_counterfactual,
-            "list": _cmd_list,
-            **cli_paper.COMMANDS, **cli_pruning.COMMANDS, **cli_tune.COMMANDS}
+COMMANDS = {
+    "train": _cmd_train,
+    "table": _cmd_table,
+    "demo": _cmd_demo,
+    "bench": _cmd_bench,
+    "bench-table": _cmd_bench_table,
+    "drift": _cmd_drift,
+    "counterfactual": _cmd_counterfactual,
+    "list": _cmd_list,
+    **cli_paper.COMMANDS,
+    **cli_pruning.COMMANDS,
+    **cli_tune.COMMANDS,
+}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -254,6 +324,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         # A killed run keeps <run>.partial/ with its last epoch's checkpoint (studies resume run by run).
-        print("interrupted; an unfinished run keeps its last checkpoint: run the same command again with --resume "
-              "(train, prune) or as it was (demo, tune, sweep) to continue", file=sys.stderr)
+        print(
+            "interrupted; an unfinished run keeps its last checkpoint: run the same command again with --resume "
+            "(train, prune) or as it was (demo, tune, sweep) to continue",
+            file=sys.stderr,
+        )
         return 130

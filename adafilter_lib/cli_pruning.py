@@ -3,6 +3,7 @@
 Hooked into :mod:`adafilter_lib.cli` by :func:`add_parsers` and ``COMMANDS``; imports stay inside
 the handlers so that ``--help`` does not load torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,14 @@ EXAMPLES = """examples:
 
 
 def _add_prune(sub) -> None:
-    p = sub.add_parser("prune", help="Fine-Pruning (Bayesian-optimized pruning rounds) or its prune-after-fine-tune baseline",
-                       description="Run method fine_pruning or prune_after_finetune to a run directory. Settings as for "
-                                   "`train` (defaults, --config, shortcut flags, --set); options under method.fine_pruning.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    p = sub.add_parser(
+        "prune",
+        help="Fine-Pruning (Bayesian-optimized pruning rounds) or its prune-after-fine-tune baseline",
+        description="Run method fine_pruning or prune_after_finetune to a run directory. Settings as for "
+        "`train` (defaults, --config, shortcut flags, --set); options under method.fine_pruning.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
     add_run_options(p, methods=["fine_pruning", "prune_after_finetune"], method_default="fine_pruning", epochs=False)
 
 
@@ -32,8 +37,10 @@ def _cmd_prune(args) -> int:
 
     cfg = config_from_args(args)
     summary = run_pruning(cfg, resume=args.resume, force=args.force, progress=not args.no_progress)
-    print(f"{cfg.run_dir()}: top1_err {summary['top1_err']:.2f}% (test), compression {summary['compression']:.1f}x "
-          f"(sparsity {100 * summary['sparsity']:.1f}%), {summary['nonzero_params']:,} nonzero parameters")
+    print(
+        f"{cfg.run_dir()}: top1_err {summary['top1_err']:.2f}% (test), compression {summary['compression']:.1f}x "
+        f"(sparsity {100 * summary['sparsity']:.1f}%), {summary['nonzero_params']:,} nonzero parameters"
+    )
     return 0
 
 
@@ -50,7 +57,11 @@ def _cmd_compact(args) -> int:
     from .runs import atomic_write_text
 
     table = compaction_sweep(args.run, args.thresholds or DEFAULT_THRESHOLDS, progress=not args.no_progress)
-    print(table[["threshold", "extra_params_frac", "top1_err", "val_top1_err", "top1_err_change"]].to_markdown(index=False, floatfmt=".4g"))
+    print(
+        table[["threshold", "extra_params_frac", "top1_err", "val_top1_err", "top1_err_change"]].to_markdown(
+            index=False, floatfmt=".4g"
+        )
+    )
     if args.out:
         atomic_write_text(args.out, table.to_csv(index=False, lineterminator="\n"))
         print(f"written: {args.out}")
@@ -58,7 +69,9 @@ def _cmd_compact(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("prune-bench", help="the pruning benchmark on offline data (Fine-Pruning, baselines, AdaFilter compaction)")
+    p = sub.add_parser(
+        "prune-bench", help="the pruning benchmark on offline data (Fine-Pruning, baselines, AdaFilter compaction)"
+    )
     p.add_argument("--dataset", default="mnist5k", help="offline dataset (default: mnist5k)")
     p.add_argument("--n-per-class", type=int, default=20, help="labelled images per class (default: 20)")
     p.add_argument("--runs", dest="runs_root", default="runs/pruning", help="run directories (default: runs/pruning)")
@@ -70,8 +83,9 @@ def _add_bench(sub) -> None:
 def _cmd_bench(args) -> int:
     from .pruning_bench import run_pruning_bench
 
-    summary, _ = run_pruning_bench(args.runs_root, args.out, args.dataset, args.n_per_class, overrides=args.set,
-                                   progress=not args.no_progress)
+    summary, _ = run_pruning_bench(
+        args.runs_root, args.out, args.dataset, args.n_per_class, overrides=args.set, progress=not args.no_progress
+    )
     print(summary.to_markdown(index=False, floatfmt=".4g"))
     print(f"written: {args.out}/summary.csv, compaction.csv, error_table.*, front.png, README.md")
     return 0

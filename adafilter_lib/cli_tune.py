@@ -2,24 +2,32 @@
 
 Hooked into :mod:`adafilter_lib.cli` by :func:`add_parsers` and ``COMMANDS``.
 """
+
 from __future__ import annotations
 
 import argparse
 
 
 def _add_tune(sub) -> None:
-    p = sub.add_parser("tune", help="a selection study: each method over its lr grid, cell chosen on validation, then all seeds",
-                       description="Train every row of a study recipe over its cells (learning-rate grid x variants), keep "
-                                   "per row and dataset the cell with the lowest validation error, train the remaining "
-                                   "seeds there, and write cells.csv, comparison.{csv,md}, per-row tables and a README. "
-                                   "Resumable: run the same command again after an interruption.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml --dry-run\n"
-                              "  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml --rows finetune adafilter")
+    p = sub.add_parser(
+        "tune",
+        help="a selection study: each method over its lr grid, cell chosen on validation, then all seeds",
+        description="Train every row of a study recipe over its cells (learning-rate grid x variants), keep "
+        "per row and dataset the cell with the lowest validation error, train the remaining "
+        "seeds there, and write cells.csv, comparison.{csv,md}, per-row tables and a README. "
+        "Resumable: run the same command again after an interruption.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml --dry-run\n"
+        "  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml --rows finetune adafilter",
+    )
     p.add_argument("recipe", help="study recipe (YAML; see configs/studies/)")
     p.add_argument("--rows", nargs="+", help="only these rows (the reference row is kept)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the state of every selection run, train nothing")
-    p.add_argument("--tables-only", action="store_true", help="write the tables from the runs that finished so far (a study stopped half-way), train nothing")
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="write the tables from the runs that finished so far (a study stopped half-way), train nothing",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-epoch lines")
 
 

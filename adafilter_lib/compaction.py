@@ -14,6 +14,7 @@ are not gated but were fine-tuned (e.g. the stem). The new head is reported apar
 (``head_params``): every method needs one. BN running statistics are buffers and not counted.
 At threshold 0 nothing is dropped and the network is unchanged.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,9 @@ GATE_OFF_LOGIT = -1e4  # sigmoid(-1e4) == 0: the gate of a dropped filter always
 
 
 @torch.no_grad()
-def selection_frequency(model: AdaFilterModel, loader, device: torch.device, num_classes: int, amp: bool = True,
-                        channels_last: bool = True) -> dict[str, np.ndarray]:
+def selection_frequency(
+    model: AdaFilterModel, loader, device: torch.device, num_classes: int, amp: bool = True, channels_last: bool = True
+) -> dict[str, np.ndarray]:
     """{layer: (C_out,) fraction of images for which each filter chose its fine-tuned copy} (eval mode)."""
     stats = GateStats(num_classes)
     evaluate(model, loader, device, amp, channels_last, on_batch=stats)
@@ -107,8 +109,12 @@ def compact_state(model: AdaFilterModel, keep: dict[str, np.ndarray]) -> dict:
     for i, (name, layer) in enumerate(model.gated_layers().items()):
         idx = torch.as_tensor(keep[name]).nonzero().flatten()
         gate_head = model.gate_net.heads[i]
-        entry = {"index": idx, "weight": layer.weight_finetuned.detach()[idx].clone(),
-                 "gate_weight": gate_head.weight.detach()[idx].clone(), "gate_bias": gate_head.bias.detach()[idx].clone()}
+        entry = {
+            "index": idx,
+            "weight": layer.weight_finetuned.detach()[idx].clone(),
+            "gate_weight": gate_head.weight.detach()[idx].clone(),
+            "gate_bias": gate_head.bias.detach()[idx].clone(),
+        }
         if layer.bias_finetuned is not None:
             entry["bias"] = layer.bias_finetuned.detach()[idx].clone()
         if layer.bn_finetuned is not None:
@@ -119,8 +125,12 @@ def compact_state(model: AdaFilterModel, keep: dict[str, np.ndarray]) -> dict:
         layers[name] = entry
     # The gate network's projections and LSTM carry the recurrence through every layer; its heads only kept rows.
     gate_net = {k: v.clone() for k, v in model.gate_net.state_dict().items() if not k.startswith("heads.")}
-    return {"layers": layers, "gate_net": gate_net,
-            "head": copy.deepcopy(model.head.state_dict()), "ungated": copy.deepcopy(_ungated_state(model))}
+    return {
+        "layers": layers,
+        "gate_net": gate_net,
+        "head": copy.deepcopy(model.head.state_dict()),
+        "ungated": copy.deepcopy(_ungated_state(model)),
+    }
 
 
 @torch.no_grad()
@@ -176,12 +186,22 @@ def extra_params(model: AdaFilterModel, keep: dict[str, np.ndarray]) -> dict:
     gate_net = sum(p.numel() for n, p in model.gate_net.named_parameters() if not n.startswith("heads."))
     gate_net += sum(int(np.sum(keep[name])) * (heads[i].in_features + 1) for i, name in enumerate(model.gated_layers()))
     extra = filters + gate_net + ungated
-    return {"backbone_params": backbone, "filter_params": filters, "gate_net_params": gate_net, "ungated_params": ungated,
-            "extra_params": extra, "extra_params_frac": extra / backbone, "head_params": sum(p.numel() for p in model.head.parameters()),
-            "kept_filters": kept_filters, "filters": total_filters}
+    return {
+        "backbone_params": backbone,
+        "filter_params": filters,
+        "gate_net_params": gate_net,
+        "ungated_params": ungated,
+        "extra_params": extra,
+        "extra_params_frac": extra / backbone,
+        "head_params": sum(p.numel() for p in model.head.parameters()),
+        "kept_filters": kept_filters,
+        "filters": total_filters,
+    }
 
 
-def compaction_sweep(run_dir: str | Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, progress: bool = True) -> pd.DataFrame:
+def compaction_sweep(
+    run_dir: str | Path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, progress: bool = True
+) -> pd.DataFrame:
     """Compact a finished AdaFilter run at each threshold and measure validation and test error.
 
     Selection frequencies come from the validation split; the test split is only measured.
@@ -214,11 +234,20 @@ def compaction_sweep(run_dir: str | Path, thresholds: Sequence[float] = DEFAULT_
         compacted = compact(copy.deepcopy(model), keep)
         val = evaluate(compacted, eval_loader(splits.val, cfg), *args)
         test = evaluate(compacted, eval_loader(splits.test, cfg), *args)
-        rows.append({"threshold": threshold, **extra_params(compacted, keep), "top1_err": test["top1_err"],
-                     "val_top1_err": val["top1_err"]})
+        rows.append(
+            {
+                "threshold": threshold,
+                **extra_params(compacted, keep),
+                "top1_err": test["top1_err"],
+                "val_top1_err": val["top1_err"],
+            }
+        )
         if progress:
-            print(f"[{run_dir.name}] threshold {threshold:g}: extra params {100 * rows[-1]['extra_params_frac']:.1f}% of the "
-                  f"backbone, test err {test['top1_err']:.2f}%", flush=True)
+            print(
+                f"[{run_dir.name}] threshold {threshold:g}: extra params {100 * rows[-1]['extra_params_frac']:.1f}% of the "
+                f"backbone, test err {test['top1_err']:.2f}%",
+                flush=True,
+            )
     table = pd.DataFrame(rows)
     reference = table.loc[table["threshold"] == 0, "top1_err"]
     base = reference.iloc[0] if len(reference) else evaluate(model, eval_loader(splits.test, cfg), *args)["top1_err"]

@@ -4,6 +4,7 @@ A run is fully described by a :class:`RunConfig`. It is built from defaults, the
 then ``key=value`` overrides on dotted paths (``optim.lr=0.01``), and saved beside every result
 (``config.yaml`` in the run directory) so that any number in a table can be traced to its run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,16 +23,16 @@ SELECTION_RULES = ("error", "error_then_loss")  # how the best epoch is chosen (
 
 @dataclass
 class DataConfig:
-    dataset: str = "mnist5k"          # registry name, or "folder:PATH" for a folder of class subfolders
-    root: str = "data"                # download / archive root for the paper datasets
-    n_per_class: Optional[int] = None # labelled images per class (train + val); None = all
-    val_fraction: float = 0.2         # carved from the labelled training images, stratified
-    split_seed: int = 0               # fixes the train/val/test carving independently of the run seed
-    resolution: int = 64              # square input side in pixels
-    augment: Optional[str] = None     # None = the dataset's default preset ("none", "light", "standard")
+    dataset: str = "mnist5k"  # registry name, or "folder:PATH" for a folder of class subfolders
+    root: str = "data"  # download / archive root for the paper datasets
+    n_per_class: Optional[int] = None  # labelled images per class (train + val); None = all
+    val_fraction: float = 0.2  # carved from the labelled training images, stratified
+    split_seed: int = 0  # fixes the train/val/test carving independently of the run seed
+    resolution: int = 64  # square input side in pixels
+    augment: Optional[str] = None  # None = the dataset's default preset ("none", "light", "standard")
     batch_size: int = 32
     eval_batch_size: int = 128
-    num_workers: int = 0              # 0 is fastest for the small in-memory offline sets
+    num_workers: int = 0  # 0 is fastest for the small in-memory offline sets
 
 
 @dataclass
@@ -44,18 +45,18 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"            # "sgd" or "adamw"
-    lr: float = 0.01                  # backbone learning rate
-    head_lr: float = 0.1              # classifier head learning rate
+    optimizer: str = "sgd"  # "sgd" or "adamw"
+    lr: float = 0.01  # backbone learning rate
+    head_lr: float = 0.1  # classifier head learning rate
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 0.0         # applied by the optimizer to every group (L2-SP uses its own term)
-    schedule: str = "cosine"          # "cosine", "step" or "constant"
-    step_size: int = 10               # epochs between decays for "step"
-    gamma: float = 0.1                # decay factor for "step"
+    weight_decay: float = 0.0  # applied by the optimizer to every group (L2-SP uses its own term)
+    schedule: str = "cosine"  # "cosine", "step" or "constant"
+    step_size: int = 10  # epochs between decays for "step"
+    gamma: float = 0.1  # decay factor for "step"
     epochs: int = 10
-    precise_bn: bool = True           # recompute BN statistics on the training data after each epoch
-    selection: str = "error"          # best epoch: lowest val error, ties keep the earlier; "error_then_loss": ties by val loss
+    precise_bn: bool = True  # recompute BN statistics on the training data after each epoch
+    selection: str = "error"  # best epoch: lowest val error, ties keep the earlier; "error_then_loss": ties by val loss
 
 
 @dataclass
@@ -66,11 +67,11 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     seed: int = 0
     runs_root: str = "runs"
-    run_name: Optional[str] = None    # None = "<dataset>__<method>__<backbone>__s<seed>"
-    device: str = "auto"              # "auto", "cpu", "cuda"
-    amp: bool = True                  # bf16 autocast, used only on CUDA
-    channels_last: bool = True        # memory format for conv nets (helps on CPU and GPU)
-    log_tensorboard: bool = False     # also write per-epoch metrics and gate usage as TensorBoard events (extra)
+    run_name: Optional[str] = None  # None = "<dataset>__<method>__<backbone>__s<seed>"
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    amp: bool = True  # bf16 autocast, used only on CUDA
+    channels_last: bool = True  # memory format for conv nets (helps on CPU and GPU)
+    log_tensorboard: bool = False  # also write per-epoch metrics and gate usage as TensorBoard events (extra)
 
     def resolved_run_name(self) -> str:
         """The run directory's name (dataset names with a path are reduced to a safe slug)."""
@@ -161,8 +162,10 @@ def resolve_config(name: str | Path) -> Path:
     packaged = Path(str(resources.files("adafilter_lib") / "configs" / f"{name}.yaml"))
     if packaged.is_file():
         return packaged
-    raise KitError(f"config '{name}' is neither a YAML file nor a config shipped with the kit (demo, "
-                   f"paper/<dataset>, e.g. paper/dtd); check the path")
+    raise KitError(
+        f"config '{name}' is neither a YAML file nor a config shipped with the kit (demo, "
+        f"paper/<dataset>, e.g. paper/dtd); check the path"
+    )
 
 
 def read_yaml(path: str | Path, what: str, hint: str) -> Any:
@@ -184,8 +187,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     """Defaults, then the YAML file at ``path`` (if given), then ``overrides``; validated."""
     values = read_yaml(path, "config file", "pass an existing YAML file (see configs/)") if path is not None else {}
     if not isinstance(values, dict):
-        raise KitError(f"config file '{path}' must hold a mapping of sections (data:, model:, optim:, ...), "
-                       f"not a {type(values).__name__}; see adafilter_lib/configs/demo.yaml")
+        raise KitError(
+            f"config file '{path}' must hold a mapping of sections (data:, model:, optim:, ...), "
+            f"not a {type(values).__name__}; see adafilter_lib/configs/demo.yaml"
+        )
     values = apply_overrides(values, overrides or [])
     cfg = from_dict(RunConfig, values)
     validate(cfg)
@@ -197,19 +202,30 @@ def validate(cfg: RunConfig) -> None:
     checks = [
         (cfg.data.resolution >= 16, "data.resolution must be at least 16 pixels"),
         (0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction must lie strictly between 0 and 1"),
-        (cfg.data.n_per_class is None or cfg.data.n_per_class >= 2, "data.n_per_class must be at least 2 (one train and one val image per class) or null"),
+        (
+            cfg.data.n_per_class is None or cfg.data.n_per_class >= 2,
+            "data.n_per_class must be at least 2 (one train and one val image per class) or null",
+        ),
         (cfg.data.batch_size >= 1 and cfg.data.eval_batch_size >= 1, "data.batch_size and data.eval_batch_size must be positive"),
         (cfg.data.num_workers >= 0, "data.num_workers must be 0 or more"),
         (cfg.optim.optimizer in ("sgd", "adamw"), f"optim.optimizer must be 'sgd' or 'adamw', got '{cfg.optim.optimizer}'"),
-        (cfg.optim.schedule in ("cosine", "step", "constant"), f"optim.schedule must be 'cosine', 'step' or 'constant', got '{cfg.optim.schedule}'"),
+        (
+            cfg.optim.schedule in ("cosine", "step", "constant"),
+            f"optim.schedule must be 'cosine', 'step' or 'constant', got '{cfg.optim.schedule}'",
+        ),
         (cfg.optim.lr > 0 and cfg.optim.head_lr > 0, "optim.lr and optim.head_lr must be positive"),
         (cfg.optim.epochs >= 1, "optim.epochs must be at least 1"),
-        (cfg.optim.selection in SELECTION_RULES, f"optim.selection must be one of {', '.join(SELECTION_RULES)}; got '{cfg.optim.selection}'"),
+        (
+            cfg.optim.selection in SELECTION_RULES,
+            f"optim.selection must be one of {', '.join(SELECTION_RULES)}; got '{cfg.optim.selection}'",
+        ),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
         (0.0 <= cfg.model.head_dropout < 1.0, "model.head_dropout must lie in [0, 1)"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got '{cfg.device}'"),
-        (cfg.run_name is None or _plain_name(cfg.run_name),
-         f"run_name must be one plain folder name inside the runs folder (no '/', '..', '.' or leading '.'), got '{cfg.run_name}'"),
+        (
+            cfg.run_name is None or _plain_name(cfg.run_name),
+            f"run_name must be one plain folder name inside the runs folder (no '/', '..', '.' or leading '.'), got '{cfg.run_name}'",
+        ),
         (cfg.method.l2sp.alpha >= 0 and cfg.method.l2sp.beta >= 0, "method.l2sp.alpha and beta must be 0 or more"),
         *_adafilter_checks(cfg.method.adafilter),
         *_baseline_checks(cfg.method),
@@ -238,34 +254,71 @@ def _adafilter_checks(a: AdaFilterConfig) -> list[tuple[bool, str]]:
         choice(a.gate_input, "gate_input", ("layer_input", "previous_output")),
         choice(a.usage_scope, "usage_scope", ("all", "layer")),
         (a.eval_samples >= 1, "method.adafilter.eval_samples must be at least 1"),
-        (a.gate_weight_decay is None or a.gate_weight_decay >= 0, "method.adafilter.gate_weight_decay must be 0 or more (or unset)"),
+        (
+            a.gate_weight_decay is None or a.gate_weight_decay >= 0,
+            "method.adafilter.gate_weight_decay must be 0 or more (or unset)",
+        ),
         (a.temperature > 0, "method.adafilter.temperature must be positive"),
         (a.hidden >= 1, "method.adafilter.hidden must be at least 1"),
         (a.gate_lr > 0, "method.adafilter.gate_lr must be positive"),
-        (a.gate_optimizer in (None, "sgd", "adamw"),
-         f"method.adafilter.gate_optimizer must be sgd or adamw (or unset: optim.optimizer); got '{a.gate_optimizer}'"),
+        (
+            a.gate_optimizer in (None, "sgd", "adamw"),
+            f"method.adafilter.gate_optimizer must be sgd or adamw (or unset: optim.optimizer); got '{a.gate_optimizer}'",
+        ),
         (a.gate_warmup_epochs >= 0, "method.adafilter.gate_warmup_epochs must be 0 or more"),
-        (a.usage_penalty >= 0 and 0 <= a.usage_target <= 1, "method.adafilter.usage_penalty must be >= 0 and usage_target in [0, 1]"),
+        (
+            a.usage_penalty >= 0 and 0 <= a.usage_target <= 1,
+            "method.adafilter.usage_penalty must be >= 0 and usage_target in [0, 1]",
+        ),
     ]
-
 
 
 def _baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
     """Value checks of the Fine-Pruning, SpotTune, DELTA, BSS and WiSE-FT options."""
     fp, st = m.fine_pruning, m.spottune
     return [
-        (fp.granularity in ("stage", "layer"), f"method.fine_pruning.granularity must be 'stage' or 'layer'; got '{fp.granularity}'"),
+        (
+            fp.granularity in ("stage", "layer"),
+            f"method.fine_pruning.granularity must be 'stage' or 'layer'; got '{fp.granularity}'",
+        ),
         (fp.sampler in ("gp", "tpe"), f"method.fine_pruning.sampler must be 'gp' or 'tpe'; got '{fp.sampler}'"),
-        (fp.compression_term in ("log10", "sparsity"), f"method.fine_pruning.compression_term must be 'log10' or 'sparsity'; got '{fp.compression_term}'"),
-        (fp.rounds >= 1 and fp.trials >= 1 and fp.startup_trials >= 0, "method.fine_pruning.rounds and trials must be at least 1, startup_trials 0 or more"),
-        (min(fp.warmup_epochs, fp.trial_epochs, fp.round_epochs) >= 0 and fp.final_epochs >= 1, "method.fine_pruning epochs must be 0 or more (final_epochs at least 1)"),
+        (
+            fp.compression_term in ("log10", "sparsity"),
+            f"method.fine_pruning.compression_term must be 'log10' or 'sparsity'; got '{fp.compression_term}'",
+        ),
+        (
+            fp.rounds >= 1 and fp.trials >= 1 and fp.startup_trials >= 0,
+            "method.fine_pruning.rounds and trials must be at least 1, startup_trials 0 or more",
+        ),
+        (
+            min(fp.warmup_epochs, fp.trial_epochs, fp.round_epochs) >= 0 and fp.final_epochs >= 1,
+            "method.fine_pruning epochs must be 0 or more (final_epochs at least 1)",
+        ),
         (0.0 < fp.max_sparsity < 1.0, "method.fine_pruning.max_sparsity must lie strictly between 0 and 1"),
-        (fp.lam >= 0 and fp.splice_every >= 1 and fp.min_layer_weights >= 0, "method.fine_pruning.lam and min_layer_weights must be 0 or more, splice_every at least 1"),
-        (fp.target_sparsity is None or 0.0 <= fp.target_sparsity < 1.0, "method.fine_pruning.target_sparsity must lie in [0, 1) or be null"),
-        (st.temperature > 0 and st.policy_lr > 0 and st.policy_width >= 1, "method.spottune.temperature, policy_lr and policy_width must be positive"),
-        (st.eval_policy in ("argmax", "sample"), f"method.spottune.eval_policy must be 'argmax' or 'sample'; got '{st.eval_policy}'"),
-        (m.delta.alpha >= 0 and m.delta.beta >= 0 and m.delta.attention_images >= 1, "method.delta.alpha and beta must be 0 or more, attention_images at least 1"),
-        (m.delta.attention in ("loss", "uniform"), f"method.delta.attention must be 'loss' or 'uniform'; got '{m.delta.attention}'"),
+        (
+            fp.lam >= 0 and fp.splice_every >= 1 and fp.min_layer_weights >= 0,
+            "method.fine_pruning.lam and min_layer_weights must be 0 or more, splice_every at least 1",
+        ),
+        (
+            fp.target_sparsity is None or 0.0 <= fp.target_sparsity < 1.0,
+            "method.fine_pruning.target_sparsity must lie in [0, 1) or be null",
+        ),
+        (
+            st.temperature > 0 and st.policy_lr > 0 and st.policy_width >= 1,
+            "method.spottune.temperature, policy_lr and policy_width must be positive",
+        ),
+        (
+            st.eval_policy in ("argmax", "sample"),
+            f"method.spottune.eval_policy must be 'argmax' or 'sample'; got '{st.eval_policy}'",
+        ),
+        (
+            m.delta.alpha >= 0 and m.delta.beta >= 0 and m.delta.attention_images >= 1,
+            "method.delta.alpha and beta must be 0 or more, attention_images at least 1",
+        ),
+        (
+            m.delta.attention in ("loss", "uniform"),
+            f"method.delta.attention must be 'loss' or 'uniform'; got '{m.delta.attention}'",
+        ),
         (m.bss.k >= 1 and m.bss.eta >= 0, "method.bss.k must be at least 1 and eta 0 or more"),
         (0.0 <= m.wise_ft.alpha <= 1.0, "method.wise_ft.alpha must lie in [0, 1]"),
     ]

@@ -14,6 +14,7 @@ override first (as ``optim.precise_bn`` does after every epoch), so that each ne
 statistics of its own. Only the validation error may guide a choice between them; the test error is
 reported beside it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,9 @@ def gates_overridden(model: AdaFilterModel, gates: str) -> Iterator[AdaFilterMod
         router.forced = saved
 
 
-def counterfactual_errors(run_dir: Union[str, Path], overrides: Sequence[str] = GATE_OVERRIDES,
-                          recalibrate: bool = False) -> pd.DataFrame:
+def counterfactual_errors(
+    run_dir: Union[str, Path], overrides: Sequence[str] = GATE_OVERRIDES, recalibrate: bool = False
+) -> pd.DataFrame:
     """Validation and test error of one finished AdaFilter run under each gate override.
 
     Args:
@@ -92,13 +94,20 @@ def counterfactual_errors(run_dir: Union[str, Path], overrides: Sequence[str] = 
             usage = GateStats(len(splits.classes))
             val = evaluate(model, eval_loader(splits.val, cfg), device, cfg.amp, cfg.channels_last, on_batch=usage)
             test = evaluate(model, eval_loader(splits.test, cfg), device, cfg.amp, cfg.channels_last)
-        rows.append({"gates": gates, "val_top1_err": val["top1_err"], "top1_err": test["top1_err"],
-                     "val_frac_finetuned": usage.compute().overall})
+        rows.append(
+            {
+                "gates": gates,
+                "val_top1_err": val["top1_err"],
+                "top1_err": test["top1_err"],
+                "val_frac_finetuned": usage.compute().overall,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def counterfactual_table(runs_root: Union[str, Path], overrides: Sequence[str] = GATE_OVERRIDES,
-                         recalibrate: bool = False, progress: bool = False) -> pd.DataFrame:
+def counterfactual_table(
+    runs_root: Union[str, Path], overrides: Sequence[str] = GATE_OVERRIDES, recalibrate: bool = False, progress: bool = False
+) -> pd.DataFrame:
     """:func:`counterfactual_errors` of every finished learned-gate AdaFilter run under ``runs_root``.
 
     ``progress`` shows a bar over the runs (each costs a model rebuild and two evaluations per override).

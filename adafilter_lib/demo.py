@@ -9,6 +9,7 @@ shows per task the recipe with the lowest validation error. The error table (met
 test error) is written to ``results/demo/`` with the tune tables beside it, and printed. Finished runs
 are reused, so a second call only rebuilds the tables.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,9 +36,15 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("adafilter_lib") / "configs" / "demo.yaml"))
 
 
-def demo_study(runs_root: Optional[str] = None, out_dir: Optional[str] = None, seeds: Optional[Sequence[int]] = None,
-               datasets: Optional[Sequence[str]] = None, methods: Optional[Sequence[str]] = None,
-               overrides: Sequence[str] = (), adafilter_recipes: Optional[Sequence[str]] = None) -> Study:
+def demo_study(
+    runs_root: Optional[str] = None,
+    out_dir: Optional[str] = None,
+    seeds: Optional[Sequence[int]] = None,
+    datasets: Optional[Sequence[str]] = None,
+    methods: Optional[Sequence[str]] = None,
+    overrides: Sequence[str] = (),
+    adafilter_recipes: Optional[Sequence[str]] = None,
+) -> Study:
     """The demo's :class:`~adafilter_lib.tune.Study`, optionally narrowed.
 
     Args:
@@ -81,8 +88,13 @@ def _only_recipes(row, names: Sequence[str]):
     return dataclasses.replace(row, cells={c: row.cells[c] for c in row.cells if c in names})
 
 
-def demo_configs(runs_root: str, seeds: Sequence[int] = (0,), datasets: Optional[Sequence[tuple[str, int]]] = None,
-                 methods: Optional[Sequence[str]] = None, overrides: Sequence[str] = ()) -> list[RunConfig]:
+def demo_configs(
+    runs_root: str,
+    seeds: Sequence[int] = (0,),
+    datasets: Optional[Sequence[tuple[str, int]]] = None,
+    methods: Optional[Sequence[str]] = None,
+    overrides: Sequence[str] = (),
+) -> list[RunConfig]:
     """One config per (dataset, seed, method) with each method's first demo recipe, where ``demo`` puts its runs.
 
     What the training notebooks use: after ``make demo`` their runs are the demo's. ``datasets`` are
@@ -101,8 +113,9 @@ def demo_configs(runs_root: str, seeds: Sequence[int] = (0,), datasets: Optional
     return configs
 
 
-def run_demo(study: Optional[Study] = None, force: bool = False, progress: bool = True,
-             command: str = "python -m adafilter_lib demo") -> pd.DataFrame:
+def run_demo(
+    study: Optional[Study] = None, force: bool = False, progress: bool = True, command: str = "python -m adafilter_lib demo"
+) -> pd.DataFrame:
     """Train the demo grid (reusing finished runs), then write and print the error table and the tune tables
     (``command`` is named in the README written beside them)."""
     study = study or demo_study()
@@ -116,15 +129,21 @@ def run_demo(study: Optional[Study] = None, force: bool = False, progress: bool 
     export_table(table, study.out_dir)
     for metric in ("val_top1_err", "test_frac_finetuned"):
         if metric in runs and runs[metric].notna().any():
-            export_table(error_table(runs, metric=metric, method_order=[r.method for r in study.rows]), study.out_dir,
-                         stem=f"{metric}_table")
+            export_table(
+                error_table(runs, metric=metric, method_order=[r.method for r in study.rows]),
+                study.out_dir,
+                stem=f"{metric}_table",
+            )
     shots = ", ".join(f"{d}: {n}" for d, n in study.datasets.items())
-    print(f"\nEfficientNet-Lite0 (ImageNet), labelled images per class ({shots}), "
-          f"finished in {time.perf_counter() - start:.0f} s\n")
+    print(
+        f"\nEfficientNet-Lite0 (ImageNet), labelled images per class ({shots}), finished in {time.perf_counter() - start:.0f} s\n"
+    )
     print(markdown_table(table))
     for (row, dataset), cell in chosen.items():
         if row == "adafilter" and len(next(r for r in study.rows if r.name == row).cells) > 1:
             print(f"adafilter on {dataset}: recipe '{cell}' (lowest validation error)")
-    print(f"\nwritten: {study.out_dir}/error_table.csv, .md, .tex; comparison.md (paired differences, gate shares), "
-          f"cells.csv (every recipe), README.md")
+    print(
+        f"\nwritten: {study.out_dir}/error_table.csv, .md, .tex; comparison.md (paired differences, gate shares), "
+        f"cells.csv (every recipe), README.md"
+    )
     return table

@@ -3,6 +3,7 @@
 Without torchrun's environment (``WORLD_SIZE`` unset or 1) everything here is a no-op and the
 training loop runs in one process.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,7 @@ def local_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         from .errors import KitError
 
-        raise KitError("device=cuda but no CUDA GPU is visible to PyTorch; use device=auto (GPU when there is one) "
-                       "or device=cpu")
+        raise KitError("device=cuda but no CUDA GPU is visible to PyTorch; use device=auto (GPU when there is one) or device=cpu")
     use_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
     if not use_cuda:
         return torch.device("cpu")

@@ -4,6 +4,7 @@
 Losses and errors are accumulated on the device and read once per epoch (plus once every
 ``log_every`` batches for the progress bar), so the loop does not stall a GPU with per-batch syncs.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,14 @@ def _single_rule(rule: str, groups: list[dict], cfg: OptimConfig) -> torch.optim
     # foreach: one multi-tensor kernel per group instead of a few small ops per parameter, which
     # matters on CPU for AdaFilter's ~200 small gate-network tensors.
     if rule == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.SGD(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+            foreach=True,
+        )
     if rule == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     raise KitError(f"unknown optimizer '{rule}' for a parameter group: use 'sgd' or 'adamw'")
@@ -77,8 +84,10 @@ class MixedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         states = state_dict.get("optimizers")
         if states is None or len(states) != len(self.optimizers):
-            raise KitError("the checkpoint's optimizer state does not match this run's optimizers "
-                           "(was optim.optimizer or a gate_optimizer changed?): resume with the original config")
+            raise KitError(
+                "the checkpoint's optimizer state does not match this run's optimizers "
+                "(was optim.optimizer or a gate_optimizer changed?): resume with the original config"
+            )
         for opt, state in zip(self.optimizers, states):
             opt.load_state_dict(state)
         # Optimizer.load_state_dict replaces the group dicts: share the new ones, or a scheduler would
@@ -112,9 +121,20 @@ def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
     return images, labels.to(device, non_blocking=True)
 
 
-def train_one_epoch(model: nn.Module, method, loader: Iterable, optimizer, scheduler, device: torch.device,
-                    epoch: int, amp: bool = True, channels_last: bool = True, progress: bool = True,
-                    log_every: int = 10, on_batch: Optional[BatchHook] = None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    method,
+    loader: Iterable,
+    optimizer,
+    scheduler,
+    device: torch.device,
+    epoch: int,
+    amp: bool = True,
+    channels_last: bool = True,
+    progress: bool = True,
+    log_every: int = 10,
+    on_batch: Optional[BatchHook] = None,
+) -> dict:
     """One pass over ``loader``; returns mean ``loss``, ``top1_err`` (%), ``lr`` and ``seconds``.
 
     Raises:
@@ -136,8 +156,9 @@ def train_one_epoch(model: nn.Module, method, loader: Iterable, optimizer, sched
         optimizer.step()
         scheduler.step()
         with torch.no_grad():
-            totals += torch.stack([loss.detach() * len(labels), (output.logits.argmax(1) != labels).sum(),
-                                   torch.tensor(len(labels), device=device)]).float()
+            totals += torch.stack(
+                [loss.detach() * len(labels), (output.logits.argmax(1) != labels).sum(), torch.tensor(len(labels), device=device)]
+            ).float()
         if on_batch is not None:
             on_batch(output, labels, loss.detach())
         if (step + 1) % log_every == 0:
@@ -147,13 +168,18 @@ def train_one_epoch(model: nn.Module, method, loader: Iterable, optimizer, sched
     _check_finite(totals[0], epoch)
     count = max(totals[2].item(), 1.0)
     _check_not_diverged(totals[0].item() / count, output.logits.shape[1], epoch)
-    return {"loss": totals[0].item() / count, "top1_err": 100.0 * totals[1].item() / count,
-            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+    return {
+        "loss": totals[0].item() / count,
+        "top1_err": 100.0 * totals[1].item() / count,
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, method, loader: Iterable, device: torch.device, amp: bool = True,
-                   channels_last: bool = True) -> None:
+def recalibrate_bn(
+    model: nn.Module, method, loader: Iterable, device: torch.device, amp: bool = True, channels_last: bool = True
+) -> None:
     """Recompute the running statistics of every BN the method trains, with the current weights ("precise BN").
 
     With few images and few steps per epoch, the exponential running averages lag far behind weights
@@ -163,7 +189,9 @@ def recalibrate_bn(model: nn.Module, method, loader: Iterable, device: torch.dev
     in evaluation mode (a linear probe's frozen backbone) are left untouched.
     """
     method.train_mode(model)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
     if not norms:
         return
     saved = [m.momentum for m in norms]
@@ -181,9 +209,17 @@ def recalibrate_bn(model: nn.Module, method, loader: Iterable, device: torch.dev
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = True,
-             channels_last: bool = True, progress: bool = False, desc: str = "eval",
-             on_batch: Optional[BatchHook] = None, reduce: bool = True) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    amp: bool = True,
+    channels_last: bool = True,
+    progress: bool = False,
+    desc: str = "eval",
+    on_batch: Optional[BatchHook] = None,
+    reduce: bool = True,
+) -> dict:
     """Mean cross-entropy ``loss`` and ``top1_err`` (%) over ``loader`` in eval mode (summed over processes).
 
     ``on_batch(output, labels, per_sample_loss)`` sees every batch in loader order, which is how gate
@@ -196,8 +232,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
         with autocast_for(device, amp):
             output = model(images)
         losses = F.cross_entropy(output.logits.float(), labels, reduction="none")  # (B,)
-        totals += torch.stack([losses.sum(), (output.logits.argmax(1) != labels).sum(),
-                               torch.tensor(len(labels), device=device)]).float()
+        totals += torch.stack(
+            [losses.sum(), (output.logits.argmax(1) != labels).sum(), torch.tensor(len(labels), device=device)]
+        ).float()
         if on_batch is not None:
             on_batch(output, labels, losses)
     if reduce:
@@ -208,8 +245,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int) -> None:
     if not torch.isfinite(loss_sum).item():
-        raise KitError(f"training loss became NaN/inf in epoch {epoch + 1}; lower optim.lr / optim.head_lr "
-                       "or check the data for invalid values")
+        raise KitError(
+            f"training loss became NaN/inf in epoch {epoch + 1}; lower optim.lr / optim.head_lr "
+            "or check the data for invalid values"
+        )
 
 
 DIVERGED_FACTOR = 100.0  # a mean training loss this many times chance level's ln(K) means the run blew up
@@ -224,8 +263,10 @@ def _check_not_diverged(mean_loss: float, num_classes: int, epoch: int) -> None:
     """
     limit = DIVERGED_FACTOR * math.log(max(num_classes, 2))
     if mean_loss > limit:
-        raise KitError(f"training diverged in epoch {epoch + 1}: mean loss {mean_loss:.3g} is over {DIVERGED_FACTOR:g}x "
-                       f"the chance level ln({num_classes}) = {math.log(max(num_classes, 2)):.2f}; lower optim.lr / optim.head_lr")
+        raise KitError(
+            f"training diverged in epoch {epoch + 1}: mean loss {mean_loss:.3g} is over {DIVERGED_FACTOR:g}x "
+            f"the chance level ln({num_classes}) = {math.log(max(num_classes, 2)):.2f}; lower optim.lr / optim.head_lr"
+        )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

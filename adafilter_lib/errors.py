@@ -5,6 +5,7 @@ an invalid config value) is raised as a :class:`KitError` whose message is one l
 problem and the fix. The CLI prints it as ``error: <message>`` and exits with status 2, without a
 traceback; library users can catch it like any exception.
 """
+
 from __future__ import annotations
 
 from difflib import get_close_matches

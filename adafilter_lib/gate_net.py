@@ -6,6 +6,7 @@ all layers (state carried from layer to layer and reset at each forward), and a 
 head turns the hidden state into ``C_out`` gate logits. The LSTM is what makes the decisions of one
 layer depend on those taken before it ("layer-wise recurrent gated network" in the paper).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -19,9 +20,15 @@ NOISE_MODES = ("none", "logistic")
 EVAL_MODES = ("threshold", "sample", "mean")
 
 
-def binarize_gates(logits: torch.Tensor, training: bool, mode: str = "straight_through", noise: str = "none",
-                   temperature: float = 1.0, eval_mode: str = "threshold",
-                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def binarize_gates(
+    logits: torch.Tensor,
+    training: bool,
+    mode: str = "straight_through",
+    noise: str = "none",
+    temperature: float = 1.0,
+    eval_mode: str = "threshold",
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
     """Gate logits to gates in [0, 1]; 1 selects the fine-tuned filter.
 
     - ``straight_through``: the forward value is hard (0/1); the backward uses the gradient of the
@@ -110,8 +117,7 @@ class RecurrentGateNet(nn.Module):
         step(l, pooled (B, C_in[l])) -> logits (B, C_out[l]).
     """
 
-    def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int], hidden: int = 128,
-                 bias_init: float = 0.0):
+    def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int], hidden: int = 128, bias_init: float = 0.0):
         super().__init__()
         self.hidden = hidden
         self.projections = nn.ModuleList(nn.Linear(c, hidden) for c in in_channels)

@@ -7,6 +7,7 @@ Both collectors are fed ``(output, labels, losses)`` batch by batch through the 
 Words: ``gates[name]`` is (B, C_out) with 1 = fine-tuned filter; ``frac_finetuned`` is the mean gate
 (over filters of a layer, and over images unless said otherwise).
 """
+
 from __future__ import annotations
 
 import io
@@ -64,11 +65,29 @@ class GateSummary:
         rows = []
         for i, layer in enumerate(self.layer_names):
             filters = self.filter_frequency[layer].size
-            rows.append({"layer": layer, "layer_index": i, "num_filters": filters, "group": "all",
-                         "frac_finetuned": self.frac_finetuned[i], "frac_std": self.frac_std[i], "images": int(self.class_counts.sum())})
+            rows.append(
+                {
+                    "layer": layer,
+                    "layer_index": i,
+                    "num_filters": filters,
+                    "group": "all",
+                    "frac_finetuned": self.frac_finetuned[i],
+                    "frac_std": self.frac_std[i],
+                    "images": int(self.class_counts.sum()),
+                }
+            )
             for k, name in enumerate(names):
-                rows.append({"layer": layer, "layer_index": i, "num_filters": filters, "group": name,
-                             "frac_finetuned": self.class_frac[k, i], "frac_std": np.nan, "images": int(self.class_counts[k])})
+                rows.append(
+                    {
+                        "layer": layer,
+                        "layer_index": i,
+                        "num_filters": filters,
+                        "group": name,
+                        "frac_finetuned": self.class_frac[k, i],
+                        "frac_std": np.nan,
+                        "images": int(self.class_counts[k]),
+                    }
+                )
         return pd.DataFrame(rows)
 
 
@@ -100,7 +119,7 @@ class GateStats:
             total += g.sum(dim=0)
         self._class_sums += onehot.T @ per_image
         self._frac_sums += per_image.sum(dim=0)
-        self._frac_sq_sums += (per_image ** 2).sum(dim=0)
+        self._frac_sq_sums += (per_image**2).sum(dim=0)
         self._class_counts += onehot.sum(dim=0)
 
     def __call__(self, output, labels: torch.Tensor, losses: torch.Tensor) -> None:
@@ -113,11 +132,17 @@ class GateStats:
         counts = self._class_counts.cpu().numpy()
         n = max(counts.sum(), 1.0)
         mean = self._frac_sums.cpu().numpy() / n
-        var = np.maximum(self._frac_sq_sums.cpu().numpy() / n - mean ** 2, 0.0)
+        var = np.maximum(self._frac_sq_sums.cpu().numpy() / n - mean**2, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             class_frac = self._class_sums.cpu().numpy() / counts[:, None]
-        return GateSummary(self.names, mean, np.sqrt(var), class_frac, counts,
-                           {name: s.cpu().numpy() / n for name, s in zip(self.names, self._filter_sums)})
+        return GateSummary(
+            self.names,
+            mean,
+            np.sqrt(var),
+            class_frac,
+            counts,
+            {name: s.cpu().numpy() / n for name, s in zip(self.names, self._filter_sums)},
+        )
 
 
 class GateRecorder:
@@ -141,8 +166,14 @@ class GateRecorder:
         save_gate_record(Path(run_dir), gates, labels, preds, losses, class_names)
 
 
-def save_gate_record(run_dir: Path, gates: dict[str, np.ndarray], labels: np.ndarray, preds: np.ndarray,
-                     losses: np.ndarray, class_names: Sequence[str]) -> None:
+def save_gate_record(
+    run_dir: Path,
+    gates: dict[str, np.ndarray],
+    labels: np.ndarray,
+    preds: np.ndarray,
+    losses: np.ndarray,
+    class_names: Sequence[str],
+) -> None:
     """Write ``gates.npz`` (one packed array per layer) and ``gate_index.csv`` (one row per image).
 
     Binary gates are bit-packed along the filter axis (a ResNet-50 has ~26k filters per image); other
@@ -150,16 +181,27 @@ def save_gate_record(run_dir: Path, gates: dict[str, np.ndarray], labels: np.nda
     """
     names = list(gates)
     binary = all(np.isin(g, (0.0, 1.0)).all() for g in gates.values())
-    arrays = {"layer_names": np.array(names), "num_filters": np.array([g.shape[1] for g in gates.values()]),
-              "encoding": np.array("packbits" if binary else "uint8_255"), "class_names": np.array(list(class_names))}
+    arrays = {
+        "layer_names": np.array(names),
+        "num_filters": np.array([g.shape[1] for g in gates.values()]),
+        "encoding": np.array("packbits" if binary else "uint8_255"),
+        "class_names": np.array(list(class_names)),
+    }
     for i, g in enumerate(gates.values()):
         arrays[f"layer_{i}"] = np.packbits(g.astype(bool), axis=1) if binary else np.round(g * 255).astype(np.uint8)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(run_dir / GATES_FILE, buffer.getvalue())
     frac = np.stack([g.mean(axis=1) for g in gates.values()], axis=1) if gates else np.zeros((len(labels), 0))
-    index = pd.DataFrame({"image_id": np.arange(len(labels)), "label": labels, "prediction": preds, "loss": losses,
-                          "frac_finetuned": frac.mean(axis=1) if frac.size else np.nan})
+    index = pd.DataFrame(
+        {
+            "image_id": np.arange(len(labels)),
+            "label": labels,
+            "prediction": preds,
+            "loss": losses,
+            "frac_finetuned": frac.mean(axis=1) if frac.size else np.nan,
+        }
+    )
     atomic_write_text(run_dir / INDEX_FILE, index.to_csv(index=False))
 
 
@@ -187,7 +229,10 @@ def load_gate_record(run_dir: Path) -> GateRecord:
         gates = {}
         for i, (name, width) in enumerate(zip(names, widths)):
             raw = data[f"layer_{i}"]
-            gates[str(name)] = (np.unpackbits(raw, axis=1, count=int(width)).astype(np.float32) if encoding == "packbits"
-                                else raw.astype(np.float32) / 255.0)
+            gates[str(name)] = (
+                np.unpackbits(raw, axis=1, count=int(width)).astype(np.float32)
+                if encoding == "packbits"
+                else raw.astype(np.float32) / 255.0
+            )
         class_names = [str(c) for c in data["class_names"]]
     return GateRecord(gates, pd.read_csv(Path(run_dir) / INDEX_FILE), class_names)

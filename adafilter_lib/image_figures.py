@@ -3,6 +3,7 @@
 Built without pyplot, like :mod:`adafilter_lib.viz`; ``viz.figure_png`` and ``viz.save_figure`` render
 and write them.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,11 @@ def image_profile(profile: pd.DataFrame, ax: Optional[Axes] = None) -> Figure:
     require_columns(profile, ["layer_index", "series", "frac_finetuned"], "image_profile")
     if ax is None:
         ax = Figure(figsize=(6.0, 3.2), layout="constrained").subplots()
-    styles = {"this image": dict(lw=2.0, marker="o", ms=3), "class average": dict(lw=1.2, ls="--"),
-              "dataset average": dict(lw=1.2, ls=":", color="gray")}
+    styles = {
+        "this image": dict(lw=2.0, marker="o", ms=3),
+        "class average": dict(lw=1.2, ls="--"),
+        "dataset average": dict(lw=1.2, ls=":", color="gray"),
+    }
     for series, rows in profile.groupby("series", sort=False):
         ax.plot(rows["layer_index"], rows["frac_finetuned"], label=series, **styles.get(series, {}))
     ax.set_ylim(-0.02, 1.02)

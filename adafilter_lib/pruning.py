@@ -14,6 +14,7 @@ Words: ``sparsity`` is the fraction of zero weights; ``compression`` = weights /
 both counted from the actual zeros of the weights the network computes with (a weight that trained
 to exactly zero counts as pruned; a masked one always does).
 """
+
 from __future__ import annotations
 
 import re
@@ -128,22 +129,28 @@ def magnitude_masks(model: nn.Module, sparsities: dict[str, float], dense: bool 
             fraction at least the old one keeps every old zero.
     """
     layers = prunable_layers(model)
-    return {name: magnitude_mask(layers[name].weight_orig.detach() if dense else effective_weight(layers[name]), s)
-            for name, s in sparsities.items()}
+    return {
+        name: magnitude_mask(layers[name].weight_orig.detach() if dense else effective_weight(layers[name]), s)
+        for name, s in sparsities.items()
+    }
 
 
-def _joint_masks(weights: dict[str, torch.Tensor], sparsity: Optional[float] = None, count: Optional[int] = None) -> dict[str, torch.Tensor]:
+def _joint_masks(
+    weights: dict[str, torch.Tensor], sparsity: Optional[float] = None, count: Optional[int] = None
+) -> dict[str, torch.Tensor]:
     """Magnitude masks with one threshold over several tensors together (``count`` zeros, or a fraction)."""
     flat = torch.cat([w.flatten() for w in weights.values()])
     mask = magnitude_mask(flat, count / max(flat.numel(), 1) if count is not None else sparsity)
     masks, start = {}, 0
     for name, w in weights.items():
-        masks[name] = mask[start:start + w.numel()].view_as(w)
+        masks[name] = mask[start : start + w.numel()].view_as(w)
         start += w.numel()
     return masks
 
 
-def group_masks(model: nn.Module, fractions: dict[str, float], groups: dict[str, list[str]], dense: bool = False) -> dict[str, torch.Tensor]:
+def group_masks(
+    model: nn.Module, fractions: dict[str, float], groups: dict[str, list[str]], dense: bool = False
+) -> dict[str, torch.Tensor]:
     """Masks for {group: fraction}: within a group, one magnitude threshold over all its layers.
 
     Ranking a stage's layers together spares the layers whose weights are large (depthwise convs have a
@@ -189,8 +196,16 @@ def sparsity_table(model: nn.Module) -> pd.DataFrame:
     for name, module in prunable_layers(model).items():
         weight = effective_weight(module)
         nonzero = int(torch.count_nonzero(weight))
-        rows.append({"layer": name, "stage": stage_of(name), "weights": weight.numel(), "nonzero": nonzero,
-                     "sparsity": 1.0 - nonzero / weight.numel(), "compression": weight.numel() / max(nonzero, 1)})
+        rows.append(
+            {
+                "layer": name,
+                "stage": stage_of(name),
+                "weights": weight.numel(),
+                "nonzero": nonzero,
+                "sparsity": 1.0 - nonzero / weight.numel(),
+                "compression": weight.numel() / max(nonzero, 1),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -210,8 +225,14 @@ def compression_stats(model: nn.Module) -> dict:
         value = effective_weight(model.get_submodule(module_name)) if leaf == "weight_orig" else p.detach()
         total += value.numel()
         nonzero_all += int(torch.count_nonzero(value))
-    return {"prunable_params": prunable, "nonzero_prunable": nonzero, "sparsity": 1.0 - nonzero / max(prunable, 1),
-            "compression": prunable / max(nonzero, 1), "total_params": total, "nonzero_params": nonzero_all}
+    return {
+        "prunable_params": prunable,
+        "nonzero_prunable": nonzero,
+        "sparsity": 1.0 - nonzero / max(prunable, 1),
+        "compression": prunable / max(nonzero, 1),
+        "total_params": total,
+        "nonzero_params": nonzero_all,
+    }
 
 
 def export_pruned(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ The study of round ``r`` is ``round_<r>`` in ``study.db``; finished trials are n
 resumed round runs only the trials it still misses, and trials left ``RUNNING`` by a killed process
 are marked ``FAIL``.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,9 @@ def _optuna():
     try:
         import optuna
     except ImportError:
-        raise KitError("Fine-Pruning needs Optuna; run: pip install 'adafilter-kit[optimization]' (or pip install optuna)") from None
+        raise KitError(
+            "Fine-Pruning needs Optuna; run: pip install 'adafilter-kit[optimization]' (or pip install optuna)"
+        ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per round is printed by the kit instead
     return optuna
 
@@ -46,8 +49,13 @@ def make_sampler(kind: str, seed: int, startup_trials: int):
 def open_study(db_path: Path, round_index: int, sampler=None):
     """The study ``round_<r>`` in the SQLite file ``db_path`` (created, or loaded with its trials)."""
     optuna = _optuna()
-    return optuna.create_study(storage=f"sqlite:///{Path(db_path).resolve()}", study_name=f"round_{round_index}",
-                               direction="maximize", sampler=sampler, load_if_exists=True)
+    return optuna.create_study(
+        storage=f"sqlite:///{Path(db_path).resolve()}",
+        study_name=f"round_{round_index}",
+        direction="maximize",
+        sampler=sampler,
+        load_if_exists=True,
+    )
 
 
 def fail_stale_trials(study) -> int:
@@ -113,8 +121,11 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
     best = study.best_trial
     if session.progress:
         attrs = best.user_attrs
-        print(f"[{session.cfg.resolved_run_name()}] round {round_index + 1}: best of {opts.trials} trials: val err "
-              f"{attrs['val_top1_err']:.1f}%, compression {attrs['compression']:.1f}x (objective {best.value:.3f})", flush=True)
+        print(
+            f"[{session.cfg.resolved_run_name()}] round {round_index + 1}: best of {opts.trials} trials: val err "
+            f"{attrs['val_top1_err']:.1f}%, compression {attrs['compression']:.1f}x (objective {best.value:.3f})",
+            flush=True,
+        )
     return {g: float(f) for g, f in best.user_attrs["fractions"].items()}
 
 
@@ -134,10 +145,19 @@ def trials_frame(db_path: Path) -> pd.DataFrame:
         best_number = max(complete, key=lambda t: t.value).number if complete else None
         for t in study.trials:
             attrs = t.user_attrs
-            rows.append({"round": int(summary.study_name.split("_")[1]) + 1, "trial": t.number, "state": t.state.name,
-                         "objective": t.value, "val_top1_err": attrs.get("val_top1_err"), "compression": attrs.get("compression"),
-                         "sparsity": attrs.get("sparsity"), "best_in_round": t.number == best_number,
-                         **{f"frac_{g}": f for g, f in attrs.get("fractions", {}).items()}})
+            rows.append(
+                {
+                    "round": int(summary.study_name.split("_")[1]) + 1,
+                    "trial": t.number,
+                    "state": t.state.name,
+                    "objective": t.value,
+                    "val_top1_err": attrs.get("val_top1_err"),
+                    "compression": attrs.get("compression"),
+                    "sparsity": attrs.get("sparsity"),
+                    "best_in_round": t.number == best_number,
+                    **{f"frac_{g}": f for g, f in attrs.get("fractions", {}).items()},
+                }
+            )
     return pd.DataFrame(rows)
 
 

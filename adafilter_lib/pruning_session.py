@@ -6,6 +6,7 @@ directory) and trains it for a number of epochs with the shared engine (``train_
 ``recalibrate_bn``, ``evaluate``), writing path epochs to ``metrics.jsonl``. Splicing re-computes the
 masks from the dense weights every ``splice_every`` optimizer steps.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,13 +43,21 @@ class Session:
         pruning.attach_masks(self.model, straight_through=self.opts.splice)
         self.groups = pruning.layer_groups(self.model, self.opts.granularity, self.opts.min_layer_weights)
         if not self.groups:
-            raise KitError(f"no layer of {cfg.model.backbone} has method.fine_pruning.min_layer_weights="
-                           f"{self.opts.min_layer_weights} weights or more; lower it")
+            raise KitError(
+                f"no layer of {cfg.model.backbone} has method.fine_pruning.min_layer_weights="
+                f"{self.opts.min_layer_weights} weights or more; lower it"
+            )
         self.val_loader = eval_loader(self.splits.val, cfg)
         self.path_epoch = 0  # epochs on the path to the reported model (metrics.jsonl numbering)
 
-    def train(self, epochs: int, stream: int, fractions: Optional[dict] = None, record: Optional[str] = None,
-              on_epoch: Optional[Callable[[int, dict], None]] = None) -> float:
+    def train(
+        self,
+        epochs: int,
+        stream: int,
+        fractions: Optional[dict] = None,
+        record: Optional[str] = None,
+        on_epoch: Optional[Callable[[int, dict], None]] = None,
+    ) -> float:
         """Fine-tune ``epochs`` with the current masks (re-spliced at {group: fraction} when splicing); val error.
 
         ``stream`` seeds the data order, so every trial of a round sees the same batches.
@@ -62,18 +71,40 @@ class Session:
             key = epoch_seed(cfg.seed, stream * 1_000 + epoch)
             torch.manual_seed(key)
             loader = _train_loader(self.splits, dataclasses.replace(cfg, seed=key), epoch)
-            train = train_one_epoch(self.model, self.method, loader, optimizer, scheduler, self.device, epoch,
-                                    cfg.amp, cfg.channels_last, progress=False, on_batch=hook)
+            train = train_one_epoch(
+                self.model,
+                self.method,
+                loader,
+                optimizer,
+                scheduler,
+                self.device,
+                epoch,
+                cfg.amp,
+                cfg.channels_last,
+                progress=False,
+                on_batch=hook,
+            )
             val = self.validate(stream)
             val_err = val["top1_err"]
             if record is not None:
                 stats = pruning.compression_stats(self.model)
-                runs.append_jsonl(self.staging / runs.METRICS, {
-                    "epoch": self.path_epoch, "phase": record, **{f"train_{k}": v for k, v in train.items()},
-                    **{f"val_{k}": v for k, v in val.items()}, "sparsity": stats["sparsity"], "compression": stats["compression"]})
+                runs.append_jsonl(
+                    self.staging / runs.METRICS,
+                    {
+                        "epoch": self.path_epoch,
+                        "phase": record,
+                        **{f"train_{k}": v for k, v in train.items()},
+                        **{f"val_{k}": v for k, v in val.items()},
+                        "sparsity": stats["sparsity"],
+                        "compression": stats["compression"],
+                    },
+                )
                 if self.progress:
-                    print(f"[{cfg.resolved_run_name()}] {record} epoch {epoch + 1}/{epochs} train err {train['top1_err']:.1f}% | "
-                          f"val err {val_err:.1f}% | compression {stats['compression']:.1f}x", flush=True)
+                    print(
+                        f"[{cfg.resolved_run_name()}] {record} epoch {epoch + 1}/{epochs} train err {train['top1_err']:.1f}% | "
+                        f"val err {val_err:.1f}% | compression {stats['compression']:.1f}x",
+                        flush=True,
+                    )
                 self.path_epoch += 1
             if on_epoch is not None:
                 on_epoch(epoch, val)
@@ -81,8 +112,14 @@ class Session:
 
     def validate(self, stream: int = 0) -> dict:
         if self.cfg.optim.precise_bn:
-            recalibrate_bn(self.model, self.method, _train_loader(self.splits, self.cfg, stream), self.device,
-                           self.cfg.amp, self.cfg.channels_last)
+            recalibrate_bn(
+                self.model,
+                self.method,
+                _train_loader(self.splits, self.cfg, stream),
+                self.device,
+                self.cfg.amp,
+                self.cfg.channels_last,
+            )
         return evaluate(self.model, self.val_loader, self.device, self.cfg.amp, self.cfg.channels_last)
 
     def apply(self, fractions: dict[str, float], dense: bool = False) -> None:
@@ -96,6 +133,7 @@ class Session:
             count["steps"] += 1
             if count["steps"] % self.opts.splice_every == 0:
                 self.apply(fractions, dense=True)
+
         return hook
 
     def snapshot(self) -> dict:

@@ -22,6 +22,7 @@ Fine-Pruning, ``study.db`` (SQLite: every trial of every round; a killed run res
 finished trial kept) and ``trials.csv``. :func:`adafilter_lib.trainer.fit` does not run them (its loop
 has no rounds); the methods registry points to ``python -m adafilter_lib prune``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -95,13 +96,24 @@ def _finish(session: Session, run_dir: Path, best: dict, state: dict, extra: dic
     runs.atomic_torch_save(pruning.export_pruned(model), session.staging / runs.BEST)
     runs.atomic_write_text(session.staging / SPARSITY_FILE, pruning.sparsity_table(model).to_csv(index=False))
     opts = session.opts
-    summary = {"top1_err": test["top1_err"], "test_loss": test["loss"], "val_top1_err": best["val_top1_err"],
-               "best_epoch": best["best_epoch"] + 1, **stats,
-               "epochs": opts.warmup_epochs + opts.rounds * opts.round_epochs + opts.final_epochs,
-               "train_seconds": state["train_seconds"], "search_seconds": state["search_seconds"],
-               "num_train": len(session.splits.train), "num_val": len(session.splits.val), "num_test": len(session.splits.test),
-               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-               "world_size": 1, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "provenance": provenance(), **extra}
+    summary = {
+        "top1_err": test["top1_err"],
+        "test_loss": test["loss"],
+        "val_top1_err": best["val_top1_err"],
+        "best_epoch": best["best_epoch"] + 1,
+        **stats,
+        "epochs": opts.warmup_epochs + opts.rounds * opts.round_epochs + opts.final_epochs,
+        "train_seconds": state["train_seconds"],
+        "search_seconds": state["search_seconds"],
+        "num_train": len(session.splits.train),
+        "num_val": len(session.splits.val),
+        "num_test": len(session.splits.test),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "world_size": 1,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "provenance": provenance(),
+        **extra,
+    }
     runs.atomic_write_json(session.staging / runs.SUMMARY, summary)
     (session.staging / STATE_FILE).unlink(missing_ok=True)
     runs.publish(session.staging, run_dir)
@@ -116,8 +128,9 @@ def _dense_phase(session: Session, state: dict, epochs: int, record: str) -> Non
     _save_state(session, state)
 
 
-def run_fine_pruning(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True,
-                     trial_hook: Optional[TrialHook] = None) -> dict:
+def run_fine_pruning(
+    cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True, trial_hook: Optional[TrialHook] = None
+) -> dict:
     """Train a ``fine_pruning`` run to a finished run directory and return its summary.
 
     Args:
@@ -158,8 +171,11 @@ def run_fine_pruning(cfg: RunConfig, resume: bool = False, force: bool = False, 
         raise
     trials = trials_frame(staging / STUDY_FILE)
     runs.atomic_write_text(staging / TRIALS_FILE, trials.to_csv(index=False))
-    extra = {"trials": int((trials["state"] == "COMPLETE").sum()), "search_epochs": opts.rounds * opts.trials * opts.trial_epochs,
-             "fractions": fractions}
+    extra = {
+        "trials": int((trials["state"] == "COMPLETE").sum()),
+        "search_epochs": opts.rounds * opts.trials * opts.trial_epochs,
+        "fractions": fractions,
+    }
     return _finish(session, run_dir, best, state, extra)
 
 
@@ -185,9 +201,11 @@ def run_prune_after_finetune(cfg: RunConfig, resume: bool = False, force: bool =
     if target is None:
         source = matching_fine_pruning_dir(cfg)
         if not runs.is_finished(source):
-            raise KitError(f"prune_after_finetune prunes to the sparsity of '{source}', which has not finished; run "
-                           f"`python -m adafilter_lib prune --method fine_pruning` with the same settings first, "
-                           f"or set method.fine_pruning.target_sparsity")
+            raise KitError(
+                f"prune_after_finetune prunes to the sparsity of '{source}', which has not finished; run "
+                f"`python -m adafilter_lib prune --method fine_pruning` with the same settings first, "
+                f"or set method.fine_pruning.target_sparsity"
+            )
         target = runs.read_summary(source)["sparsity"]
     run_dir, staging, state = _open(cfg, resume, force)
     if runs.is_finished(run_dir) and not force:
@@ -211,6 +229,8 @@ def run_pruning(cfg: RunConfig, resume: bool = False, force: bool = False, progr
     """Dispatch on ``cfg.method.name`` (``fine_pruning`` or ``prune_after_finetune``)."""
     runners = {"fine_pruning": run_fine_pruning, "prune_after_finetune": run_prune_after_finetune}
     if cfg.method.name not in runners:
-        raise KitError(f"the prune command runs method fine_pruning or prune_after_finetune, got '{cfg.method.name}'; "
-                       f"train other methods with `python -m adafilter_lib train`")
+        raise KitError(
+            f"the prune command runs method fine_pruning or prune_after_finetune, got '{cfg.method.name}'; "
+            f"train other methods with `python -m adafilter_lib train`"
+        )
     return runners[cfg.method.name](cfg, resume=resume, force=force, progress=progress)

@@ -9,6 +9,7 @@ row per observation) and carries the run's identity columns, so seaborn can face
 Epochs are numbered from 1 here, as ``best_epoch`` in ``summary.json`` is (``metrics.jsonl`` counts
 from 0).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,8 +65,10 @@ def find_run(runs: RunsLike, **where) -> pd.Series:
     if len(match) != 1:
         wanted = ", ".join(f"{k}={v}" for k, v in where.items())
         names = ", ".join(Path(d).name for d in (match if len(match) else frame)["run_dir"])
-        raise KitError(f"{'no' if match.empty else len(match)} runs match {wanted}; "
-                       f"{'candidates' if len(match) else 'runs found'}: {names or 'none'}")
+        raise KitError(
+            f"{'no' if match.empty else len(match)} runs match {wanted}; "
+            f"{'candidates' if len(match) else 'runs found'}: {names or 'none'}"
+        )
     return match.iloc[0]
 
 
@@ -78,8 +81,10 @@ def gated_runs(runs_root: Union[str, Path]) -> list[Path]:
     runs = load_runs(runs_root)
     found = sorted((Path(d) for d in runs["run_dir"] if (Path(d) / GATES_FILE).is_file()), key=lambda p: p.name)
     if not found:
-        raise KitError(f"no finished AdaFilter run (with {GATES_FILE}) under '{runs_root}'; train one, e.g. "
-                       f"`python -m adafilter_lib train --method adafilter --runs {runs_root}`")
+        raise KitError(
+            f"no finished AdaFilter run (with {GATES_FILE}) under '{runs_root}'; train one, e.g. "
+            f"`python -m adafilter_lib train --method adafilter --runs {runs_root}`"
+        )
     return found
 
 
@@ -117,8 +122,9 @@ def curves(metrics: pd.DataFrame, metric: str = "top1_err") -> pd.DataFrame:
     columns = [f"{split}_{metric}" for split in ("train", "val")]
     missing = [c for c in columns if c not in metrics.columns]
     if missing:
-        raise KitError(f"metrics have no column {missing[0]}; choose a metric with train_ and val_ columns, "
-                       f"e.g. top1_err or loss")
+        raise KitError(
+            f"metrics have no column {missing[0]}; choose a metric with train_ and val_ columns, e.g. top1_err or loss"
+        )
     long = metrics.melt(id_vars=ID_COLUMNS + ["epoch"], value_vars=columns, var_name="split", value_name=metric)
     long["split"] = long["split"].str.split("_").str[0]
     return long.sort_values(ID_COLUMNS + ["split", "epoch"], kind="stable").reset_index(drop=True)
@@ -135,8 +141,15 @@ def usage_over_epochs(runs: RunsLike) -> pd.DataFrame:
     for run in as_runs(runs)[ID_COLUMNS].to_dict("records"):
         for record in read_jsonl(Path(run["run_dir"]) / METRICS):
             for index, (layer, frac) in enumerate((record.get("val_frac_by_layer") or {}).items()):
-                rows.append({**run, "epoch": int(record["epoch"]) + 1, "layer": layer, "layer_index": index,
-                             "frac_finetuned": float(frac)})
+                rows.append(
+                    {
+                        **run,
+                        "epoch": int(record["epoch"]) + 1,
+                        "layer": layer,
+                        "layer_index": index,
+                        "frac_finetuned": float(frac),
+                    }
+                )
     return pd.DataFrame(rows, columns=ID_COLUMNS + ["epoch", "layer", "layer_index", "frac_finetuned"])
 
 
@@ -154,8 +167,10 @@ def load_gate_usage(runs: RunsLike) -> pd.DataFrame:
             usage = pd.read_csv(path, dtype={"group": str}, keep_default_na=False, na_values={"frac_std": [""]})
             frames.append(usage.assign(**run)[ID_COLUMNS + list(usage.columns)])
     if not frames:
-        raise KitError(f"none of these runs has a {USAGE_FILE}; gate usage exists only for AdaFilter runs "
-                       f"(method adafilter or its ablations)")
+        raise KitError(
+            f"none of these runs has a {USAGE_FILE}; gate usage exists only for AdaFilter runs "
+            f"(method adafilter or its ablations)"
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -165,8 +180,10 @@ def filter_frequency(record: GateRecord) -> pd.DataFrame:
     Returns:
         One row per filter: ``layer, layer_index, filter, frequency`` (frequency in [0, 1]).
     """
-    frames = [pd.DataFrame({"layer": name, "layer_index": i, "filter": np.arange(g.shape[1]), "frequency": g.mean(axis=0)})
-              for i, (name, g) in enumerate(record.gates.items())]
+    frames = [
+        pd.DataFrame({"layer": name, "layer_index": i, "filter": np.arange(g.shape[1]), "frequency": g.mean(axis=0)})
+        for i, (name, g) in enumerate(record.gates.items())
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -209,15 +226,22 @@ def drift_by_selection(runs: RunsLike) -> pd.DataFrame:
         table = filter_drift(run["run_dir"])
         for band, low, high in SELECTION_BANDS:
             inside = table["frequency"].between(low, high, inclusive="both" if high == 1.0 else "left")
-            rows.append({**run, "band": band, "share": inside.mean(),
-                         "median_drift": table.loc[inside, "drift"].median() if inside.any() else np.nan})
+            rows.append(
+                {
+                    **run,
+                    "band": band,
+                    "share": inside.mean(),
+                    "median_drift": table.loc[inside, "drift"].median() if inside.any() else np.nan,
+                }
+            )
     if not rows:
         raise KitError(f"none of these runs has a {GATES_FILE}; drift exists only for AdaFilter runs")
     return pd.DataFrame(rows)
 
 
-def image_profile(layer_names: list[str], image: np.ndarray, class_average: np.ndarray,
-                  dataset_average: np.ndarray) -> pd.DataFrame:
+def image_profile(
+    layer_names: list[str], image: np.ndarray, class_average: np.ndarray, dataset_average: np.ndarray
+) -> pd.DataFrame:
     """Per-layer fine-tuned fraction of one image beside its class average and the dataset average.
 
     Args:
@@ -232,6 +256,12 @@ def image_profile(layer_names: list[str], image: np.ndarray, class_average: np.n
     """
     series = {"this image": image, "class average": class_average, "dataset average": dataset_average}
     index = np.arange(len(layer_names))
-    return pd.concat([pd.DataFrame({"layer": layer_names, "layer_index": index, "series": name,
-                                    "frac_finetuned": np.asarray(values, dtype=float)})
-                      for name, values in series.items()], ignore_index=True)
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {"layer": layer_names, "layer_index": index, "series": name, "frac_finetuned": np.asarray(values, dtype=float)}
+            )
+            for name, values in series.items()
+        ],
+        ignore_index=True,
+    )

@@ -14,6 +14,7 @@ Tables are produced by code from finished run directories, never edited by hand:
 
 The Markdown and LaTeX rendering lives in :mod:`adafilter_lib.table_render` (re-exported here).
 """
+
 from __future__ import annotations
 
 import json
@@ -83,11 +84,18 @@ def _read_run(run_dir: Path) -> dict:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise KitError(f"run '{run_dir}' has an unreadable {CONFIG} or {SUMMARY} ({first}); delete or re-run it") from None
     try:
-        row = {"run_dir": str(run_dir), "method": str(cfg["method"]["name"]), "dataset": str(cfg["data"]["dataset"]),
-               "backbone": str(cfg["model"]["backbone"]), "seed": int(cfg["seed"]),
-               "n_per_class": cfg["data"].get("n_per_class")}
+        row = {
+            "run_dir": str(run_dir),
+            "method": str(cfg["method"]["name"]),
+            "dataset": str(cfg["data"]["dataset"]),
+            "backbone": str(cfg["model"]["backbone"]),
+            "seed": int(cfg["seed"]),
+            "n_per_class": cfg["data"].get("n_per_class"),
+        }
     except (KeyError, TypeError, ValueError):
-        raise KitError(f"run '{run_dir}' has a {CONFIG} without method.name, data.dataset, model.backbone or seed; re-run it") from None
+        raise KitError(
+            f"run '{run_dir}' has a {CONFIG} without method.name, data.dataset, model.backbone or seed; re-run it"
+        ) from None
     for key, value in summary.items():
         # Lists and dicts (e.g. per-layer statistics) do not fit a cell; they stay in the run dir.
         if isinstance(value, (int, float, str, bool)) or value is None:
@@ -134,13 +142,16 @@ def _check_comparable(runs: pd.DataFrame) -> None:
             values = group[column].unique()
             if len(values) > 1:
                 shown = ", ".join(sorted(str(v) for v in values))
-                raise KitError(f"runs of '{method}' on '{dataset}' mix {column} values ({shown}); "
-                               f"keep one, e.g. build_tables(..., where={{'{column}': ...}}) or runs[runs.{column} == ...]")
+                raise KitError(
+                    f"runs of '{method}' on '{dataset}' mix {column} values ({shown}); "
+                    f"keep one, e.g. build_tables(..., where={{'{column}': ...}}) or runs[runs.{column} == ...]"
+                )
         repeated = group["seed"][group["seed"].duplicated()].unique()
         if len(repeated):
             dirs = ", ".join(group.loc[group["seed"] == repeated[0], "run_dir"])
-            raise KitError(f"'{method}' on '{dataset}' has several runs with seed {repeated[0]} ({dirs}); "
-                           f"remove or filter all but one")
+            raise KitError(
+                f"'{method}' on '{dataset}' has several runs with seed {repeated[0]} ({dirs}); remove or filter all but one"
+            )
 
 
 def export_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "error_table") -> dict[str, Path]:
@@ -163,8 +174,13 @@ def export_table(table: pd.DataFrame, out_dir: str | Path, stem: str = "error_ta
     return paths
 
 
-def build_tables(runs_root: str | Path, out_dir: str | Path, method_order: Optional[list[str]] = None,
-                 metric: str = "top1_err", where: Optional[dict] = None) -> pd.DataFrame:
+def build_tables(
+    runs_root: str | Path,
+    out_dir: str | Path,
+    method_order: Optional[list[str]] = None,
+    metric: str = "top1_err",
+    where: Optional[dict] = None,
+) -> pd.DataFrame:
     """Regenerate the result tables from run records: load -> error_table -> export.
 
     Args:

@@ -13,6 +13,7 @@ readers (tables, notebooks) never see half-written runs. A run that fails for a 
 (NaN loss, bad data) removes its staging directory; a run that is killed leaves it behind, and
 ``--resume`` continues from its last checkpoint.
 """
+
 from __future__ import annotations
 
 import io
@@ -103,8 +104,9 @@ def load_checkpoint(path: Path, device: Any = "cpu") -> Any:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # truncated zip, pickled objects refused by weights_only, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KitError(f"checkpoint '{path}' cannot be read ({type(err).__name__}: {first[:160]}); "
-                       f"start the run over with --force") from None
+        raise KitError(
+            f"checkpoint '{path}' cannot be read ({type(err).__name__}: {first[:160]}); start the run over with --force"
+        ) from None
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -145,8 +147,9 @@ def publish(staging: Path, run_dir: Path) -> None:
     """
     run_dir = Path(run_dir)
     if run_dir.is_symlink() or (run_dir.exists() and not is_finished(run_dir)):
-        raise KitError(f"'{run_dir}' exists and is not a finished run; move it away, then run again with --resume "
-                       f"to publish '{staging}'")
+        raise KitError(
+            f"'{run_dir}' exists and is not a finished run; move it away, then run again with --resume to publish '{staging}'"
+        )
     if run_dir.exists():
         shutil.rmtree(run_dir)
     os.replace(staging, run_dir)
@@ -173,8 +176,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise KitError(f"run '{run_dir}' is being trained by another process right now; wait for it (a finished "
-                           f"run is then reused) or give this one another run_name or --runs folder") from None
+            raise KitError(
+                f"run '{run_dir}' is being trained by another process right now; wait for it (a finished "
+                f"run is then reused) or give this one another run_name or --runs folder"
+            ) from None
         try:
             yield
         finally:
@@ -198,8 +203,7 @@ def config_differences(cfg: RunConfig, run_dir: str | Path) -> list[str]:
     saved file lacks (an option added to the kit after the run was trained) counts as its default.
     """
     saved = yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}
-    return [key for key in _diff(to_dict(cfg), _merged(to_dict(RunConfig()), saved))
-            if key.split(".")[0] not in _PLACE_KEYS]
+    return [key for key in _diff(to_dict(cfg), _merged(to_dict(RunConfig()), saved)) if key.split(".")[0] not in _PLACE_KEYS]
 
 
 def _merged(defaults: dict, saved: dict) -> dict:

@@ -8,6 +8,7 @@ random-weight ResNet-18, one epoch.
 A finished run is reused only if its ``config.yaml`` equals the requested config; a run of the same
 name trained with other settings (say 6 epochs where 12 are asked) is an error, not a silent reuse.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,12 +28,24 @@ from .trainer import fit
 SMOKE_DATASETS: tuple[tuple[str, int], ...] = (("digits", 4),)
 SMOKE_BACKBONE, SMOKE_EPOCHS, SMOKE_SEEDS = "resnet18", 1, (0,)
 # Everything that makes the SMOKE recipe fast besides dataset, backbone and epochs.
-SMOKE_OVERRIDES: tuple[str, ...] = ("data.val_fraction=0.25", "data.resolution=32", "data.batch_size=8",
-                                    "model.pretrained=false", "device=cpu")
+SMOKE_OVERRIDES: tuple[str, ...] = (
+    "data.val_fraction=0.25",
+    "data.resolution=32",
+    "data.batch_size=8",
+    "model.pretrained=false",
+    "device=cpu",
+)
 
 
-def grid_configs(runs_root: str | Path, methods: Sequence[str], datasets: Sequence[Sequence], backbone: str,
-                 epochs: int, seeds: Sequence[int], smoke: bool = False) -> list[RunConfig]:
+def grid_configs(
+    runs_root: str | Path,
+    methods: Sequence[str],
+    datasets: Sequence[Sequence],
+    backbone: str,
+    epochs: int,
+    seeds: Sequence[int],
+    smoke: bool = False,
+) -> list[RunConfig]:
     """One config per (dataset, seed, method), in the order they train.
 
     Args:
@@ -48,10 +61,24 @@ def grid_configs(runs_root: str | Path, methods: Sequence[str], datasets: Sequen
         Validated :class:`RunConfig` objects (names and values are checked here, before any training).
     """
     if smoke:
-        configs = [load_config(None, [*SMOKE_OVERRIDES, f"data.dataset={d}", f"data.n_per_class={n}",
-                                      f"model.backbone={SMOKE_BACKBONE}", f"optim.epochs={SMOKE_EPOCHS}",
-                                      f"method.name={m}", f"seed={s}", f"runs_root={runs_root}"])
-                   for d, n in SMOKE_DATASETS for s in SMOKE_SEEDS for m in methods]
+        configs = [
+            load_config(
+                None,
+                [
+                    *SMOKE_OVERRIDES,
+                    f"data.dataset={d}",
+                    f"data.n_per_class={n}",
+                    f"model.backbone={SMOKE_BACKBONE}",
+                    f"optim.epochs={SMOKE_EPOCHS}",
+                    f"method.name={m}",
+                    f"seed={s}",
+                    f"runs_root={runs_root}",
+                ],
+            )
+            for d, n in SMOKE_DATASETS
+            for s in SMOKE_SEEDS
+            for m in methods
+        ]
     else:
         pairs = [(str(d), int(n)) for d, n in datasets]
         configs = demo_configs(str(runs_root), seeds, pairs, methods, [f"model.backbone={backbone}", f"optim.epochs={epochs}"])
@@ -91,8 +118,20 @@ def fit_grid(configs: Sequence[RunConfig], progress: bool = False) -> pd.DataFra
         start = time.perf_counter()
         summary, reused = fit_or_reuse(cfg, progress=progress)
         seconds = time.perf_counter() - start
-        print(f"[{index}/{len(configs)}] {cfg.resolved_run_name()}: {'reused' if reused else 'trained'}, "
-              f"test error {summary['top1_err']:.2f}%", flush=True)
-        rows.append({"run": cfg.resolved_run_name(), "method": cfg.method.name, "dataset": cfg.data.dataset,
-                     "seed": cfg.seed, "top1_err": summary["top1_err"], "reused": reused, "seconds": round(seconds, 1)})
+        print(
+            f"[{index}/{len(configs)}] {cfg.resolved_run_name()}: {'reused' if reused else 'trained'}, "
+            f"test error {summary['top1_err']:.2f}%",
+            flush=True,
+        )
+        rows.append(
+            {
+                "run": cfg.resolved_run_name(),
+                "method": cfg.method.name,
+                "dataset": cfg.data.dataset,
+                "seed": cfg.seed,
+                "top1_err": summary["top1_err"],
+                "reused": reused,
+                "seconds": round(seconds, 1),
+            }
+        )
     return pd.DataFrame(rows)

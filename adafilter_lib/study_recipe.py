@@ -7,6 +7,7 @@ labelled images per class, or null for all}; a value may also be a mapping ``{n_
 for settings of that task alone), ``seeds``, ``select`` (``first`` or ``all``), ``reference`` (the row
 paired differences are taken against), ``runs``, ``out``, ``rows``. :mod:`adafilter_lib.tune` runs it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -34,7 +35,7 @@ class Row:
 class Study:
     base: Optional[Path]
     settings: tuple[str, ...]
-    datasets: dict[str, Optional[int]]        # labelled images per class (None: all)
+    datasets: dict[str, Optional[int]]  # labelled images per class (None: all)
     seeds: tuple[int, ...]
     select: str
     reference: Optional[str]
@@ -85,13 +86,23 @@ def load_study(path: str | Path) -> Study:
         row = row or {}
         cells = expand_cells(row.get("grid"), row.get("variants"))
         rows.append(Row(str(name), str(row.get("method", name)), tuple(row.get("set", ())), cells))
-    datasets = {str(name): value if not isinstance(value, dict) else value.get("n_per_class")
-                for name, value in spec["datasets"].items()}
+    datasets = {
+        str(name): value if not isinstance(value, dict) else value.get("n_per_class") for name, value in spec["datasets"].items()
+    }
     per_task = {str(name): tuple(value.get("set", ())) for name, value in spec["datasets"].items() if isinstance(value, dict)}
-    study = Study(base_config_path(spec.get("base")), tuple(spec.get("set", ())), datasets,
-                  tuple(int(s) for s in spec.get("seeds", [0])), str(spec.get("select", "first")),
-                  spec.get("reference"), str(spec.get("runs", f"runs/{path.stem}")), str(spec.get("out", f"results/{path.stem}")),
-                  rows, str(path), per_task)
+    study = Study(
+        base_config_path(spec.get("base")),
+        tuple(spec.get("set", ())),
+        datasets,
+        tuple(int(s) for s in spec.get("seeds", [0])),
+        str(spec.get("select", "first")),
+        spec.get("reference"),
+        str(spec.get("runs", f"runs/{path.stem}")),
+        str(spec.get("out", f"results/{path.stem}")),
+        rows,
+        str(path),
+        per_task,
+    )
     check_study(study)
     return study
 
@@ -119,10 +130,21 @@ def check_study(study: Study) -> None:
 def run_config(study: Study, row: Row, dataset: str, cell: str, seed: int) -> RunConfig:
     """The config of one run: base, study settings, dataset, row settings, cell, seed (later wins)."""
     n = study.datasets[dataset]
-    return load_config(study.base, [*study.settings, f"data.dataset={dataset}", f"data.n_per_class={'null' if n is None else n}",
-                                    *study.dataset_settings.get(dataset, ()), f"method.name={row.method}", *row.settings,
-                                    *row.cells[cell], f"seed={seed}", f"runs_root={Path(study.runs_root) / row.name / cell}",
-                                    *study.overrides])
+    return load_config(
+        study.base,
+        [
+            *study.settings,
+            f"data.dataset={dataset}",
+            f"data.n_per_class={'null' if n is None else n}",
+            *study.dataset_settings.get(dataset, ()),
+            f"method.name={row.method}",
+            *row.settings,
+            *row.cells[cell],
+            f"seed={seed}",
+            f"runs_root={Path(study.runs_root) / row.name / cell}",
+            *study.overrides,
+        ],
+    )
 
 
 def rows_named(study: Study, names: Optional[Sequence[str]]) -> Study:

@@ -6,6 +6,7 @@ the sorted grid, so n machines share one sweep without overlap. With more than o
 launched through ``torchrun`` (DDP). The sweep ends by building the error table of every finished
 run under the runs root, next to the AdaFilter paper's reported average error reduction.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,17 @@ from .trainer import fit
 
 PAPER_REDUCTION = 2.54  # AdaFilter vs fine-tuning, mean top-1 error over 7 datasets (points; Guo et al. 2020)
 # Training-pool sizes of the paper datasets, for --dry-run estimates only.
-TRAIN_IMAGES = {"stanford_dogs": 12000, "mit_indoor67": 5360, "caltech256_30": 7680, "caltech256_60": 15360,
-                "fgvc_aircraft": 6667, "ucf101": 7629, "omniglot_decathlon": 17853, "uc_merced_full": 1680, "dtd": 3760}
+TRAIN_IMAGES = {
+    "stanford_dogs": 12000,
+    "mit_indoor67": 5360,
+    "caltech256_30": 7680,
+    "caltech256_60": 15360,
+    "fgvc_aircraft": 6667,
+    "ucf101": 7629,
+    "omniglot_decathlon": 17853,
+    "uc_merced_full": 1680,
+    "dtd": 3760,
+}
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -47,8 +57,15 @@ def paper_config_dir() -> Path:
     return Path(str(resources.files("adafilter_lib") / "configs" / "paper"))
 
 
-def plan(datasets: Sequence[str], methods: Sequence[str], seeds: Sequence[int], runs_root: str,
-         config_dir: Optional[str] = None, overrides: Sequence[str] = (), config: Optional[str] = None) -> list[RunConfig]:
+def plan(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    runs_root: str,
+    config_dir: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    config: Optional[str] = None,
+) -> list[RunConfig]:
     """The full grid, sorted by run name.
 
     Each dataset's settings come from ``<config_dir>/<dataset>.yaml`` (default: the packaged paper configs),
@@ -66,12 +83,24 @@ def plan(datasets: Sequence[str], methods: Sequence[str], seeds: Sequence[int], 
             base = folder / f"{dataset}.yaml"
             if not base.is_file():
                 known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
-                raise KitError(f"no config for dataset '{dataset}' in '{folder}' (has: {known}); write "
-                               f"{dataset}.yaml there, or give every dataset one file with --config FILE")
+                raise KitError(
+                    f"no config for dataset '{dataset}' in '{folder}' (has: {known}); write "
+                    f"{dataset}.yaml there, or give every dataset one file with --config FILE"
+                )
         for method in methods:
             for seed in seeds:
-                grid.append(load_config(base, [f"data.dataset={dataset}", f"method.name={method}", f"seed={seed}",
-                                               f"runs_root={runs_root}", *overrides]))
+                grid.append(
+                    load_config(
+                        base,
+                        [
+                            f"data.dataset={dataset}",
+                            f"method.name={method}",
+                            f"seed={seed}",
+                            f"runs_root={runs_root}",
+                            *overrides,
+                        ],
+                    )
+                )
     names = [c.resolved_run_name() for c in grid]
     if len(set(names)) != len(names):
         raise KitError("the sweep grid names the same run twice; remove repeated datasets, methods or seeds")
@@ -80,7 +109,7 @@ def plan(datasets: Sequence[str], methods: Sequence[str], seeds: Sequence[int], 
 
 def shard(grid: list[RunConfig], index: int, count: int) -> list[RunConfig]:
     """Runs of shard ``index`` (1-based) out of ``count``: every count-th run of the sorted grid."""
-    return grid[index - 1::count]
+    return grid[index - 1 :: count]
 
 
 def status(cfg: RunConfig) -> str:
@@ -104,14 +133,32 @@ def estimate_hours(cfg: RunConfig, bench_dir: str = "results/bench") -> Optional
 def _run_with_torchrun(cfg: RunConfig, gpus: int) -> None:
     config_path = Path(cfg.runs_root) / ".sweep" / f"{cfg.resolved_run_name()}.yaml"
     runs.atomic_write_text(config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-               "-m", "adafilter_lib", "train", "--config", str(config_path), "--resume", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "-m",
+        "adafilter_lib",
+        "train",
+        "--config",
+        str(config_path),
+        "--resume",
+        "--no-progress",
+    ]
     if subprocess.run(command).returncode != 0:
         raise KitError(f"run {cfg.resolved_run_name()} failed under torchrun; see its output above, fix, and re-run the sweep")
 
 
-def run_sweep(grid: list[RunConfig], out_dir: str, dry_run: bool = False, gpus: Optional[int] = None,
-              progress: bool = True, method_order: Optional[Sequence[str]] = None) -> Optional[pd.DataFrame]:
+def run_sweep(
+    grid: list[RunConfig],
+    out_dir: str,
+    dry_run: bool = False,
+    gpus: Optional[int] = None,
+    progress: bool = True,
+    method_order: Optional[Sequence[str]] = None,
+) -> Optional[pd.DataFrame]:
     """Run (or with ``dry_run`` only print) ``grid``; then build and print the error table."""
     gpus = torch.cuda.device_count() if gpus is None else gpus
     if dry_run:
@@ -122,9 +169,15 @@ def run_sweep(grid: list[RunConfig], out_dir: str, dry_run: bool = False, gpus: 
             known &= hours is not None
             total += hours or 0.0
             print(f"{status(cfg):>10}  {cfg.resolved_run_name()}  " + (f"~{hours:.2f} h" if hours is not None else "? h"))
-        print(f"{len(grid)} runs; " + (f"about {total:.1f} GPU-hours (measured step times in results/bench)" if known else
-              "no estimate for runs marked '?': measure the step time on your GPU first with "
-              "`python -m adafilter_lib bench --backbone resnet50 --res 224 --batch 64 --device cuda --out results/bench`"))
+        print(
+            f"{len(grid)} runs; "
+            + (
+                f"about {total:.1f} GPU-hours (measured step times in results/bench)"
+                if known
+                else "no estimate for runs marked '?': measure the step time on your GPU first with "
+                "`python -m adafilter_lib bench --backbone resnet50 --res 224 --batch 64 --device cuda --out results/bench`"
+            )
+        )
         return None
     for number, cfg in enumerate(grid, 1):
         if progress:
@@ -149,5 +202,7 @@ def reduction_line(table: pd.DataFrame) -> str:
         return f"(paper: AdaFilter reduces fine-tuning's mean error by {PAPER_REDUCTION} points; needs both methods here)"
     both = wide[["finetune", "adafilter"]].dropna()
     measured = (both["finetune"] - both["adafilter"]).mean()
-    return (f"AdaFilter vs fine-tuning, mean over {len(both)} dataset(s): {measured:+.2f} points error reduction "
-            f"(paper, 7 datasets, ResNet-50: {PAPER_REDUCTION:+.2f})")
+    return (
+        f"AdaFilter vs fine-tuning, mean over {len(both)} dataset(s): {measured:+.2f} points error reduction "
+        f"(paper, 7 datasets, ResNet-50: {PAPER_REDUCTION:+.2f})"
+    )

@@ -5,6 +5,7 @@ stay the source of every table. When on, the main process writes event files to 
 ``tensorboard --logdir runs/`` then shows every run's curves side by side, AdaFilter's gate usage
 (``val/frac_finetuned`` and one ``gates_by_layer/<layer>`` curve per gated layer) included.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -27,8 +28,10 @@ class EpochLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise KitError("log_tensorboard=true needs the tensorboard package: pip install -e \".[tensorboard]\" "
-                           "(or set log_tensorboard=false)") from None
+            raise KitError(
+                'log_tensorboard=true needs the tensorboard package: pip install -e ".[tensorboard]" '
+                "(or set log_tensorboard=false)"
+            ) from None
         self.writer = SummaryWriter(str(Path(run_dir) / EVENTS_DIR))
 
     def log(self, record: dict) -> None:

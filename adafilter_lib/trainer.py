@@ -6,6 +6,7 @@ checked before the run's staging directory is created, and a user-caused failure
 ``fit(cfg, resume=True)`` continues from there and reaches the same numbers as an uninterrupted run,
 because every epoch re-seeds its own randomness from ``(seed, epoch, rank)``.
 """
+
 from __future__ import annotations
 
 import random
@@ -52,8 +53,13 @@ def prepare_run(cfg: RunConfig):
     spec = backbone_spec(cfg.model.backbone)
     splits = build_datasets(cfg.data, spec.mean, spec.std)
     seed_everything(cfg.seed)  # the new head's initialization depends on the run seed only
-    model = build_transfer_model(cfg.model.backbone, len(splits.classes), pretrained=cfg.model.pretrained and method.uses_pretrained,
-                                 weights_path=cfg.model.weights_path, head_dropout=cfg.model.head_dropout)
+    model = build_transfer_model(
+        cfg.model.backbone,
+        len(splits.classes),
+        pretrained=cfg.model.pretrained and method.uses_pretrained,
+        weights_path=cfg.model.weights_path,
+        head_dropout=cfg.model.head_dropout,
+    )
     return method, splits, method.build_model(model)
 
 
@@ -66,8 +72,15 @@ def _train_loader(splits: DataSplits, cfg: RunConfig, epoch: int) -> DataLoader:
     else:
         sampler = RandomSampler(splits.train, generator=generator)
     drop_last = len(splits.train) // dist_utils.world_size() > cfg.data.batch_size  # no size-1 BN batches
-    return DataLoader(splits.train, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=drop_last,
-                      num_workers=cfg.data.num_workers, generator=generator, persistent_workers=False)
+    return DataLoader(
+        splits.train,
+        batch_size=cfg.data.batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=cfg.data.num_workers,
+        generator=generator,
+        persistent_workers=False,
+    )
 
 
 def eval_loader(dataset, cfg: RunConfig) -> DataLoader:
@@ -77,8 +90,9 @@ def eval_loader(dataset, cfg: RunConfig) -> DataLoader:
     return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
 
 
-def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True,
-        on_epoch_end: Optional[EpochHook] = None) -> dict:
+def fit(
+    cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True, on_epoch_end: Optional[EpochHook] = None
+) -> dict:
     """Train ``cfg`` to a finished run directory and return its summary (see :func:`_fit`).
 
     The main process holds :func:`adafilter_lib.runs.run_lock` from the moment it creates the run's staging
@@ -89,8 +103,7 @@ def fit(cfg: RunConfig, resume: bool = False, force: bool = False, progress: boo
         return _fit(cfg, resume, force, progress, on_epoch_end, locks)
 
 
-def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end: Optional[EpochHook],
-         locks: ExitStack) -> dict:
+def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end: Optional[EpochHook], locks: ExitStack) -> dict:
     """Train ``cfg`` to a finished run directory and return its summary.
 
     Args:
@@ -115,8 +128,9 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     if runs.is_finished(run_dir) and not force:
         # Reuse only what was trained with these settings: a study that changes one option but not
         # the runs folder would otherwise read the old numbers as new ones.
-        runs.refuse_other_settings(cfg, run_dir, "use another runs folder for the new settings, or --force "
-                                                 "(fit(..., force=True)) to retrain this one")
+        runs.refuse_other_settings(
+            cfg, run_dir, "use another runs folder for the new settings, or --force (fit(..., force=True)) to retrain this one"
+        )
         return runs.read_summary(run_dir)
     if staging.exists() and not (resume or force):
         raise KitError(f"an unfinished run exists at '{staging}'; pass --resume to continue it or --force to start over")
@@ -159,21 +173,37 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
 
     train_model = model
     if dist_utils.world_size() > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     val_loader = eval_loader(splits.val, cfg)
     board = locks.enter_context(closing_logger(epoch_logger(cfg.log_tensorboard and dist_utils.is_main(), staging)))
     try:
         for epoch in range(start_epoch, cfg.optim.epochs):
             torch.manual_seed(epoch_seed(cfg.seed, epoch, dist_utils.rank()))
             method.begin_epoch(model, epoch)
-            train = train_one_epoch(train_model, method, _train_loader(splits, cfg, epoch), optimizer, scheduler, device,
-                                    epoch, cfg.amp, cfg.channels_last, progress)
+            train = train_one_epoch(
+                train_model,
+                method,
+                _train_loader(splits, cfg, epoch),
+                optimizer,
+                scheduler,
+                device,
+                epoch,
+                cfg.amp,
+                cfg.channels_last,
+                progress,
+            )
             if cfg.optim.precise_bn:
                 recalibrate_bn(model, method, _train_loader(splits, cfg, epoch), device, cfg.amp, cfg.channels_last)
             val_gates = GateStats(len(splits.classes))
             val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last, on_batch=val_gates)
-            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
-                      **_gate_fields(val_gates.compute(), "val_")}
+            record = {
+                "epoch": epoch,
+                **{f"train_{k}": v for k, v in train.items()},
+                **{f"val_{k}": v for k, v in val.items()},
+                **_gate_fields(val_gates.compute(), "val_"),
+            }
             improved = improves(val, best, cfg.optim.selection)
             if improved:
                 best = {"val_top1_err": val["top1_err"], "val_loss": val["loss"], "best_epoch": epoch}
@@ -183,11 +213,22 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
                 runs.append_jsonl(staging / runs.METRICS, record)
                 if board is not None:
                     board.log(record)
-                runs.atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best": best}, checkpoint_path)
+                runs.atomic_torch_save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1,
+                        "best": best,
+                    },
+                    checkpoint_path,
+                )
                 if progress:
-                    print(f"[{cfg.resolved_run_name()}] epoch {epoch + 1}/{cfg.optim.epochs} "
-                          f"train loss {train['loss']:.3f} err {train['top1_err']:.1f}% | val err {val['top1_err']:.1f}%", flush=True)
+                    print(
+                        f"[{cfg.resolved_run_name()}] epoch {epoch + 1}/{cfg.optim.epochs} "
+                        f"train loss {train['loss']:.3f} err {train['top1_err']:.1f}% | val err {val['top1_err']:.1f}%",
+                        flush=True,
+                    )
             dist_utils.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
@@ -233,12 +274,27 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
     method.finalize(model)
     single = dist_utils.world_size() == 1
     stats, recorder, per_class = GateStats(len(splits.classes)), GateRecorder(), ClassErrors(len(splits.classes))
-    test = evaluate(model, eval_loader(splits.test, cfg), device, cfg.amp, cfg.channels_last, progress=progress, desc="test",
-                    on_batch=(lambda *batch: (stats(*batch), recorder(*batch), per_class(*batch))) if single else None)
+    test = evaluate(
+        model,
+        eval_loader(splits.test, cfg),
+        device,
+        cfg.amp,
+        cfg.channels_last,
+        progress=progress,
+        desc="test",
+        on_batch=(lambda *batch: (stats(*batch), recorder(*batch), per_class(*batch))) if single else None,
+    )
     if not single and dist_utils.is_main():  # the per-image record needs every test image in order
         full = DataLoader(splits.test, batch_size=cfg.data.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-        evaluate(model, full, device, cfg.amp, cfg.channels_last, on_batch=lambda *b: (stats(*b), recorder(*b), per_class(*b)),
-                 reduce=False)
+        evaluate(
+            model,
+            full,
+            device,
+            cfg.amp,
+            cfg.channels_last,
+            on_batch=lambda *b: (stats(*b), recorder(*b), per_class(*b)),
+            reduce=False,
+        )
     summary_gates = stats.compute()
     if summary_gates is not None and dist_utils.is_main():
         recorder.save(staging, splits.classes)
@@ -246,12 +302,19 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
     history = runs.read_jsonl(staging / runs.METRICS) if dist_utils.is_main() else []
     return {
         **_gate_fields(summary_gates, "test_", by_layer=False),
-        "top1_err": test["top1_err"], "test_loss": test["loss"], "test_mean_class_err": per_class.mean_class_err(),
-        "val_top1_err": best["val_top1_err"], "best_epoch": best["best_epoch"] + 1, "epochs": cfg.optim.epochs,
+        "top1_err": test["top1_err"],
+        "test_loss": test["loss"],
+        "test_mean_class_err": per_class.mean_class_err(),
+        "val_top1_err": best["val_top1_err"],
+        "best_epoch": best["best_epoch"] + 1,
+        "epochs": cfg.optim.epochs,
         "train_top1_err": history[-1]["train_top1_err"] if history else None,
         "train_seconds": sum(r["train_seconds"] for r in history),
-        "num_train": len(splits.train), "num_val": len(splits.val), "num_test": len(splits.test),
+        "num_train": len(splits.train),
+        "num_val": len(splits.val),
+        "num_test": len(splits.test),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "world_size": dist_utils.world_size(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "world_size": dist_utils.world_size(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "provenance": provenance(),  # git commit, versions, command line (a dict: tables read only the scalars)
     }

@@ -15,6 +15,7 @@ every run), ``datasets`` ({name: labelled images per class, or null for all}), `
 ``reference`` (the row paired differences are taken against), ``runs``, ``out``, ``rows``
 (:mod:`adafilter_lib.study_recipe` reads and checks recipes).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,12 +48,17 @@ def choose_cell(scores: dict[str, tuple[float, float]]) -> str:
 
 def plan(study: Study) -> list[tuple[Row, str, str, list[RunConfig]]]:
     """Every selection run, as ``(row, dataset, cell, configs of the selection seeds)``."""
-    return [(row, dataset, cell, [run_config(study, row, dataset, cell, s) for s in study.select_seeds])
-            for dataset in study.datasets for row in study.rows for cell in row.cells]
+    return [
+        (row, dataset, cell, [run_config(study, row, dataset, cell, s) for s in study.select_seeds])
+        for dataset in study.datasets
+        for row in study.rows
+        for cell in row.cells
+    ]
 
 
-def run_study(study: Study, progress: bool = True, dry_run: bool = False, fit=None,
-              force: bool = False) -> dict[tuple[str, str], str]:
+def run_study(
+    study: Study, progress: bool = True, dry_run: bool = False, fit=None, force: bool = False
+) -> dict[tuple[str, str], str]:
     """Train (or reuse) the selection runs, choose each row's cell per dataset, train its other seeds.
 
     Returns:
@@ -66,8 +72,10 @@ def run_study(study: Study, progress: bool = True, dry_run: bool = False, fit=No
         for row, dataset, cell, configs in jobs:
             state = ", ".join(sweep_status(c) for c in configs)
             print(f"{row.name:<22} {dataset:<12} {cell:<28} {state}")
-        print(f"{total} runs in all ({len(jobs)} selection cells x {len(study.select_seeds)} seed(s), then the other seeds "
-              f"of each row's chosen cell); runs under {study.runs_root}")
+        print(
+            f"{total} runs in all ({len(jobs)} selection cells x {len(study.select_seeds)} seed(s), then the other seeds "
+            f"of each row's chosen cell); runs under {study.runs_root}"
+        )
         return {}
     done = 0
     chosen: dict[tuple[str, str], str] = {}
@@ -131,9 +139,18 @@ def selection_runs(study: Study, chosen: dict[tuple[str, str], str]) -> list[dic
                     if not runs.is_finished(run_dir):
                         continue
                     summary = json.loads((run_dir / runs.SUMMARY).read_text())
-                    records.append({"row": row.name, "method": row.method, "dataset": dataset, "cell": cell, "seed": seed,
-                                    "chosen": chosen.get((row.name, dataset)) == cell, "run_dir": str(run_dir),
-                                    **{k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+                    records.append(
+                        {
+                            "row": row.name,
+                            "method": row.method,
+                            "dataset": dataset,
+                            "cell": cell,
+                            "seed": seed,
+                            "chosen": chosen.get((row.name, dataset)) == cell,
+                            "run_dir": str(run_dir),
+                            **{k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                        }
+                    )
     return records
 
 

@@ -12,6 +12,7 @@ Files under the study's ``out`` folder:
                        and, for AdaFilter rows, ``test_frac_finetuned_table`` and ``test_frac_adaptive_filters_table``
 ``README.md``          the command, the recipe, the selection rule and the comparison table
 """
+
 from __future__ import annotations
 
 import math
@@ -34,15 +35,25 @@ def comparison_table(records: pd.DataFrame, reference: Optional[str]) -> pd.Data
     chosen = records[records["chosen"]]
     lines = []
     for (row, dataset), group in chosen.groupby(["row", "dataset"], sort=False):
-        line = {"row": row, "dataset": dataset, "cell": group["cell"].iloc[0], "seeds": len(group),
-                "top1_err": group["top1_err"].mean(), "top1_err_std": group["top1_err"].std(ddof=1),
-                "val_top1_err": group["val_top1_err"].mean()}
+        line = {
+            "row": row,
+            "dataset": dataset,
+            "cell": group["cell"].iloc[0],
+            "seeds": len(group),
+            "top1_err": group["top1_err"].mean(),
+            "top1_err_std": group["top1_err"].std(ddof=1),
+            "val_top1_err": group["val_top1_err"].mean(),
+        }
         if reference is not None and row != reference:
             ref = chosen[(chosen["row"] == reference) & (chosen["dataset"] == dataset)].set_index("seed")["top1_err"]
             diffs = group.set_index("seed")["top1_err"].sub(ref).dropna()  # paired by seed
-            line.update({"diff_vs_reference": diffs.mean() if len(diffs) else math.nan,
-                         "diff_se": diffs.std(ddof=1) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan,
-                         "wins": f"{int((diffs < 0).sum())}/{len(diffs)}"})
+            line.update(
+                {
+                    "diff_vs_reference": diffs.mean() if len(diffs) else math.nan,
+                    "diff_se": diffs.std(ddof=1) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan,
+                    "wins": f"{int((diffs < 0).sum())}/{len(diffs)}",
+                }
+            )
         for metric in GATE_METRICS:
             if metric in group and group[metric].notna().any():
                 line[metric] = group[metric].mean()
@@ -58,8 +69,14 @@ def comparison_markdown(table: pd.DataFrame, reference: Optional[str]) -> str:
     header += ["fine-tuned choices", "filters varying"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
-        cells = [r["row"], r["dataset"], f"`{r['cell']}`", str(r["seeds"]), _mean_std(r["top1_err"], r["top1_err_std"]),
-                 f"{r['val_top1_err']:.2f}"]
+        cells = [
+            r["row"],
+            r["dataset"],
+            f"`{r['cell']}`",
+            str(r["seeds"]),
+            _mean_std(r["top1_err"], r["top1_err_std"]),
+            f"{r['val_top1_err']:.2f}",
+        ]
         if reference is not None:
             diff = r.get("diff_vs_reference", math.nan)
             shown = "" if _missing(diff) else f"{diff:+.2f}" + ("" if _missing(r["diff_se"]) else f" ± {r['diff_se']:.2f}")
@@ -103,11 +120,17 @@ def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFram
 
 
 def _readme(study: Study, markdown: str, command: str) -> str:
-    rule = ("each row's cell is chosen on the validation error of seed "
-            f"{study.seeds[0]} alone; the other seeds are trained at that cell only" if study.select == "first" else
-            "each row's cell is chosen on the mean validation error over all seeds (every cell trained on every seed)")
-    cells = "\n".join(f"- `{row.name}` (`{row.method}`{', ' + ' '.join(row.settings) if row.settings else ''}): "
-                      + ", ".join(f"`{c}`" for c in row.cells) for row in study.rows)
+    rule = (
+        "each row's cell is chosen on the validation error of seed "
+        f"{study.seeds[0]} alone; the other seeds are trained at that cell only"
+        if study.select == "first"
+        else "each row's cell is chosen on the mean validation error over all seeds (every cell trained on every seed)"
+    )
+    cells = "\n".join(
+        f"- `{row.name}` (`{row.method}`{', ' + ' '.join(row.settings) if row.settings else ''}): "
+        + ", ".join(f"`{c}`" for c in row.cells)
+        for row in study.rows
+    )
     return f"""# {Path(study.out_dir).as_posix()}
 
 Written by `{command}` from the run records under `{study.runs_root}` (recipe: `{study.recipe}`).

@@ -6,6 +6,7 @@ when it displays the return value, and a widget can render hundreds of them with
 :func:`save_figure` writes one atomically (``results/figures/`` in the notebooks). One image's gate
 figures (the gate inspector's panels) are in :mod:`adafilter_lib.image_figures`.
 """
+
 from __future__ import annotations
 
 import io
@@ -62,9 +63,21 @@ def training_curves(curves: pd.DataFrame, metric: str = "top1_err", hue: str = "
     axes = fig.subplots(1, len(datasets), squeeze=False)[0]
     order = list(dict.fromkeys(curves[hue]))
     for i, (ax, dataset) in enumerate(zip(axes, datasets)):
-        sns.lineplot(data=curves[curves["dataset"] == dataset], x="epoch", y=metric, hue=hue, hue_order=order,
-                     style="split", style_order=["val", "train"], dashes={"val": "", "train": (4, 2)},
-                     errorbar="sd", marker="o", markersize=3, ax=ax, legend=i == len(datasets) - 1)
+        sns.lineplot(
+            data=curves[curves["dataset"] == dataset],
+            x="epoch",
+            y=metric,
+            hue=hue,
+            hue_order=order,
+            style="split",
+            style_order=["val", "train"],
+            dashes={"val": "", "train": (4, 2)},
+            errorbar="sd",
+            marker="o",
+            markersize=3,
+            ax=ax,
+            legend=i == len(datasets) - 1,
+        )
         ax.set_title(dataset)
         ax.set_ylabel({"top1_err": "top-1 error (%)", "loss": "loss"}.get(metric, metric))
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -82,8 +95,11 @@ def layer_usage(usage: pd.DataFrame) -> Figure:
     Args:
         usage: :func:`adafilter_lib.records.load_gate_usage` output; only ``group == "all"`` rows are used.
     """
-    require_columns(usage, ["run_dir", "dataset", "method", "seed", "layer", "layer_index", "group", "frac_finetuned", "frac_std"],
-             "layer_usage")
+    require_columns(
+        usage,
+        ["run_dir", "dataset", "method", "seed", "layer", "layer_index", "group", "frac_finetuned", "frac_std"],
+        "layer_usage",
+    )
     rows = usage[usage["group"] == "all"].sort_values("layer_index")
     fig = Figure(figsize=(max(6.0, 0.16 * rows["layer_index"].nunique() + 2), 3.6), layout="constrained")
     ax = fig.subplots()
@@ -135,8 +151,18 @@ def filter_frequency(frequency: pd.DataFrame) -> Figure:
     names = frequency.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
     fig = Figure(figsize=(max(6.0, 0.18 * len(names) + 2), 3.6), layout="constrained")
     ax = fig.subplots()
-    sns.stripplot(data=frequency, x="layer_index", y="frequency", order=range(len(names)), size=2, alpha=0.5,
-                  jitter=0.3, native_scale=False, legend=False, ax=ax)
+    sns.stripplot(
+        data=frequency,
+        x="layer_index",
+        y="frequency",
+        order=range(len(names)),
+        size=2,
+        alpha=0.5,
+        jitter=0.3,
+        native_scale=False,
+        legend=False,
+        ax=ax,
+    )
     _layer_ticks(ax, names)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("layer")

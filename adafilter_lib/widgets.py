@@ -14,6 +14,7 @@ split is rebuilt from its ``config.yaml`` on first use and then indexed one imag
 Tests and scripts drive it without a browser: :meth:`GateInspector.select` sets the controls,
 :attr:`GateInspector.shown` says what is displayed (``image``, ``profile`` and ``gates`` hold the plotted data).
 """
+
 from __future__ import annotations
 
 import html
@@ -32,8 +33,13 @@ from .model import backbone_spec
 from .runs import CONFIG
 
 ALL_CLASSES = "all classes"
-ORDERS = ("image id", "loss, highest first", "fine-tuned fraction, highest first",
-          "fine-tuned fraction, lowest first", "misclassified first")
+ORDERS = (
+    "image id",
+    "loss, highest first",
+    "fine-tuned fraction, highest first",
+    "fine-tuned fraction, lowest first",
+    "misclassified first",
+)
 
 
 class GateInspector(widgets.VBox):
@@ -50,8 +56,13 @@ class GateInspector(widgets.VBox):
         if run is not None and run not in self.run_dirs:
             raise unknown_name("AdaFilter run", run, self.run_dirs)
         wide = {"description_width": "initial"}
-        self.run_picker = widgets.Dropdown(options=list(self.run_dirs), value=run or next(iter(self.run_dirs)),
-                                           description="run", style=wide, layout=widgets.Layout(width="520px"))
+        self.run_picker = widgets.Dropdown(
+            options=list(self.run_dirs),
+            value=run or next(iter(self.run_dirs)),
+            description="run",
+            style=wide,
+            layout=widgets.Layout(width="520px"),
+        )
         self.class_picker = widgets.Dropdown(description="class", style=wide)
         self.order_picker = widgets.Dropdown(options=ORDERS, value=ORDERS[0], description="order", style=wide)
         self.position = widgets.IntSlider(min=0, max=0, description="image", continuous_update=False, style=wide)
@@ -60,13 +71,28 @@ class GateInspector(widgets.VBox):
         self.layer_picker = widgets.Dropdown(description="gate map layer", style=wide)
         self.caption = widgets.HTML()
         self.figure = widgets.Image(format="png")
-        for widget, name in [(self.run_picker, "run"), (self.class_picker, "class"), (self.order_picker, "order"),
-                             (self.position, "position"), (self.prev_button, "prev"), (self.next_button, "next"),
-                             (self.layer_picker, "layer"), (self.caption, "caption"), (self.figure, "figure")]:
+        for widget, name in [
+            (self.run_picker, "run"),
+            (self.class_picker, "class"),
+            (self.order_picker, "order"),
+            (self.position, "position"),
+            (self.prev_button, "prev"),
+            (self.next_button, "next"),
+            (self.layer_picker, "layer"),
+            (self.caption, "caption"),
+            (self.figure, "figure"),
+        ]:
             widget.add_class(f"gate-inspector-{name}")  # stable hooks for the browser test
-        super().__init__([self.run_picker, widgets.HBox([self.class_picker, self.order_picker]),
-                          widgets.HBox([self.prev_button, self.position, self.next_button]), self.layer_picker,
-                          self.caption, self.figure])
+        super().__init__(
+            [
+                self.run_picker,
+                widgets.HBox([self.class_picker, self.order_picker]),
+                widgets.HBox([self.prev_button, self.position, self.next_button]),
+                self.layer_picker,
+                self.caption,
+                self.figure,
+            ]
+        )
         self.add_class("gate-inspector")
         self.renders = 0  # how many times the display was redrawn (tests check that one change draws once)
         self.shown: dict = {}
@@ -97,9 +123,13 @@ class GateInspector(widgets.VBox):
         self._class_mean = sums / np.maximum(counts, 1)[:, None]  # (K, L)
         self._dataset_mean = self._fractions.mean(axis=0)  # (L,)
         # Stable sorts: ties keep image-id order, so the same selection always shows the same image.
-        self._orders = {ORDERS[0]: np.arange(len(index)), ORDERS[1]: np.argsort(-self._losses, kind="stable"),
-                        ORDERS[2]: np.argsort(-self._frac, kind="stable"), ORDERS[3]: np.argsort(self._frac, kind="stable"),
-                        ORDERS[4]: np.argsort(self._labels == self._preds, kind="stable")}
+        self._orders = {
+            ORDERS[0]: np.arange(len(index)),
+            ORDERS[1]: np.argsort(-self._losses, kind="stable"),
+            ORDERS[2]: np.argsort(-self._frac, kind="stable"),
+            ORDERS[3]: np.argsort(self._frac, kind="stable"),
+            ORDERS[4]: np.argsort(self._labels == self._preds, kind="stable"),
+        }
         self._cfg, self._test = load_config(run_dir / CONFIG), None
         self._quiet = True
         try:
@@ -152,18 +182,26 @@ class GateInspector(widgets.VBox):
             return
         i = int(self.view_ids[self.position.value])
         label, pred, layer = int(self._labels[i]), int(self._preds[i]), self.layer_picker.value
-        profile = records.image_profile(self.record.layer_names, self._fractions[i], self._class_mean[label],
-                                        self._dataset_mean)
+        profile = records.image_profile(self.record.layer_names, self._fractions[i], self._class_mean[label], self._dataset_mean)
         gates = self.record.gates[layer][i]
         try:
             image, title = self._image(i), f"label {names[label]} · predicted {names[pred]}"
         except KitError as err:  # e.g. a download-backed dataset that is not on this machine
             image, title = np.ones((8, 8, 3)), f"image unavailable: {err}"[:80]
         png = viz.figure_png(image_figures.inspector_figure(image, title, profile, gates, layer))
-        self.shown = {"run": self.run_picker.value, "image_id": i, "position": self.position.value,
-                      "label": names[label], "prediction": names[pred], "loss": float(self._losses[i]),
-                      "frac_finetuned": float(self._frac[i]), "layer": layer, "image": image, "profile": profile,
-                      "gates": gates}
+        self.shown = {
+            "run": self.run_picker.value,
+            "image_id": i,
+            "position": self.position.value,
+            "label": names[label],
+            "prediction": names[pred],
+            "loss": float(self._losses[i]),
+            "frac_finetuned": float(self._frac[i]),
+            "layer": layer,
+            "image": image,
+            "profile": profile,
+            "gates": gates,
+        }
         # Figure, then caption, back to back: the slow part (drawing) is done, so they change together.
         self.figure.value = png
         mark = "✓" if label == pred else "✗"
@@ -171,10 +209,17 @@ class GateInspector(widgets.VBox):
             f"<span class='gi-image'>image {i}</span> ({self.position.value + 1} of {len(self.view_ids)}) · "
             f"label <b class='gi-label'>{html.escape(names[label])}</b> · "
             f"prediction <b class='gi-prediction'>{html.escape(names[pred])}</b> {mark} · "
-            f"loss {self._losses[i]:.3f} · fine-tuned filters {self._frac[i]:.1%}")
+            f"loss {self._losses[i]:.3f} · fine-tuned filters {self._frac[i]:.1%}"
+        )
 
-    def select(self, run: Optional[str] = None, class_name: Optional[str] = None, order: Optional[str] = None,
-               position: Optional[int] = None, layer: Optional[str] = None) -> dict:
+    def select(
+        self,
+        run: Optional[str] = None,
+        class_name: Optional[str] = None,
+        order: Optional[str] = None,
+        position: Optional[int] = None,
+        layer: Optional[str] = None,
+    ) -> dict:
         """Set controls as a user would (run, then class and order, then layer, then position).
 
         Returns:
@@ -183,8 +228,12 @@ class GateInspector(widgets.VBox):
         Raises:
             KitError: a name that is not among the control's options, or a position out of range.
         """
-        for value, picker, kind in [(run, self.run_picker, "AdaFilter run"), (class_name, self.class_picker, "class"),
-                                    (order, self.order_picker, "order"), (layer, self.layer_picker, "layer")]:
+        for value, picker, kind in [
+            (run, self.run_picker, "AdaFilter run"),
+            (class_name, self.class_picker, "class"),
+            (order, self.order_picker, "order"),
+            (layer, self.layer_picker, "layer"),
+        ]:
             if value is not None:
                 if value not in picker.options:
                     raise unknown_name(kind, str(value), [str(o) for o in picker.options])

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny configs on real offline data with small random-weight models."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,9 +15,18 @@ torch.set_num_threads(2)
 def tiny_overrides(tmp_path):
     """A run small enough for a test: 4 labelled digits per class at 32 px, random-init ResNet-18, 2 epochs."""
     return [
-        "data.dataset=digits", "data.n_per_class=4", "data.val_fraction=0.25", "data.resolution=32",
-        "data.batch_size=8", "data.eval_batch_size=64", "model.backbone=resnet18", "model.pretrained=false",
-        "optim.epochs=2", "optim.lr=0.01", "optim.head_lr=0.05", f"runs_root={tmp_path / 'runs'}",
+        "data.dataset=digits",
+        "data.n_per_class=4",
+        "data.val_fraction=0.25",
+        "data.resolution=32",
+        "data.batch_size=8",
+        "data.eval_batch_size=64",
+        "model.backbone=resnet18",
+        "model.pretrained=false",
+        "optim.epochs=2",
+        "optim.lr=0.01",
+        "optim.head_lr=0.05",
+        f"runs_root={tmp_path / 'runs'}",
     ]
 
 

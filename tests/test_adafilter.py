@@ -1,4 +1,5 @@
 """AdaFilter conversion: equivalences with the pretrained and fine-tuned networks, trainable set, gradients."""
+
 import copy
 
 import pytest
@@ -74,7 +75,10 @@ def _pairs(reference):
 
     pattern = None
     for name in GATED_COUNTS:
-        if len([1 for c, _ in trace_conv_bn_pairs(reference.features) if re.search(backbone_spec(name).stage_pattern, c)]) == GATED_COUNTS[name]:
+        if (
+            len([1 for c, _ in trace_conv_bn_pairs(reference.features) if re.search(backbone_spec(name).stage_pattern, c)])
+            == GATED_COUNTS[name]
+        ):
             pattern = backbone_spec(name).stage_pattern
     return [(c, b) for c, b in trace_conv_bn_pairs(reference.features) if re.search(pattern, c)]
 
@@ -94,8 +98,11 @@ def test_at_initialization_learned_gates_give_the_pretrained_output(mode):
 def test_exact_trainable_parameters_and_groups():
     _, method, model, _ = _build("resnet18")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    gated = {f"features.{name}.layer.{p}" for name in model.gated_layer_names
-             for p in ("weight_finetuned", "bn_finetuned.weight", "bn_finetuned.bias")}
+    gated = {
+        f"features.{name}.layer.{p}"
+        for name in model.gated_layer_names
+        for p in ("weight_finetuned", "bn_finetuned.weight", "bn_finetuned.bias")
+    }
     gate_net = {f"gate_net.{n}" for n, _ in model.gate_net.named_parameters()}
     stem = {"features.conv1.weight", "features.bn1.weight", "features.bn1.bias"}
     assert trainable == gated | gate_net | stem | {"head.weight", "head.bias"}
@@ -229,14 +236,17 @@ def test_precise_bn_recomputes_pretrained_bn_statistics_only_in_stats_mode(mode)
     from adafilter_lib.engine import recalibrate_bn
 
     # every conv gated (stem too), so that no ungated BN normalizes with batch statistics below
-    cfg, method, model, reference = _build("resnet18", f"method.adafilter.bn_pretrained={mode}",
-                                           "method.adafilter.gated_layers=all")
+    cfg, method, model, reference = _build(
+        "resnet18", f"method.adafilter.bn_pretrained={mode}", "method.adafilter.gated_layers=all"
+    )
     layers = model.gated_layers()
     imagenet = {n: (l.bn_pretrained.running_mean.clone(), l.bn_pretrained.running_var.clone()) for n, l in layers.items()}
     batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])) for _ in range(2)]
     recalibrate_bn(model, method, batches, torch.device("cpu"), amp=False, channels_last=False)
-    kept = [torch.equal(l.bn_pretrained.running_mean, imagenet[n][0]) and torch.equal(l.bn_pretrained.running_var, imagenet[n][1])
-            for n, l in layers.items()]
+    kept = [
+        torch.equal(l.bn_pretrained.running_mean, imagenet[n][0]) and torch.equal(l.bn_pretrained.running_var, imagenet[n][1])
+        for n, l in layers.items()
+    ]
     assert all(kept) if mode == "frozen" else not any(kept)
     # frozen: the pretrained path normalizes with ImageNet statistics in training mode too, so with
     # every gate 0 a training-mode forward equals the pretrained backbone in evaluation mode

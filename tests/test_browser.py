@@ -9,6 +9,7 @@ prediction and figure changed. Screenshots go to ``tests/artifacts/`` (git-ignor
 Skipped, with the reason, only where ``/usr/bin/chromium`` or the playwright package is missing
 (``.ci/run`` installs Chromium with apt-get; ``playwright install`` is never used).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,16 @@ from adafilter_lib.gates import load_gate_record
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-quic", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
 NOTEBOOK = "05_gate_inspector.ipynb"
 TIMEOUT_MS = 120_000  # every browser wait is bounded; kernel start + imports take ~10-30 s on 2 busy cores
 
@@ -74,12 +83,28 @@ def lab(notebook_dir, tmp_path_factory):
     """A JupyterLab server on 127.0.0.1 with a random token and throwaway settings; always stopped."""
     home = tmp_path_factory.mktemp("lab_home")
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-           "IPYTHONDIR": str(home / "ipython"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-               "--ServerApp.port_retries=0", f"--ServerApp.token={token}", f"--ServerApp.root_dir={notebook_dir}",
-               f"--LabApp.workspaces_dir={home / 'workspaces'}", f"--LabApp.user_settings_dir={home / 'settings'}",
-               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "IPYTHONDIR": str(home / "ipython"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.token={token}",
+        f"--ServerApp.root_dir={notebook_dir}",
+        f"--LabApp.workspaces_dir={home / 'workspaces'}",
+        f"--LabApp.user_settings_dir={home / 'settings'}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")  # CI runs as root
     news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
@@ -121,8 +146,12 @@ def page(lab, tmp_path_factory):
     base, token = lab
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium_profile")), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
-            viewport={"width": 1400, "height": 1000})
+            str(tmp_path_factory.mktemp("chromium_profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1400, "height": 1000},
+        )
         try:
             context.set_default_timeout(TIMEOUT_MS)
             page = context.new_page()

@@ -1,4 +1,5 @@
 """Mean per-class error from hand-built logits, and its place in a run's summary."""
+
 import pytest
 import torch
 

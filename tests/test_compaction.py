@@ -1,4 +1,5 @@
 """AdaFilter compaction: threshold 0 is the identity, dropped filters act as pretrained ones, storage round trip."""
+
 import copy
 import dataclasses
 
@@ -65,7 +66,9 @@ def test_a_dropped_filter_computes_the_pretrained_channel_for_any_gate():
     name, layer = next(iter(model.gated_layers().items()))
     keep = np.arange(layer.out_channels) % 3 != 0  # drop every third filter
     original = copy.deepcopy(layer)
-    compaction.compact(model, {n: (keep if n == name else np.ones(l.out_channels, bool)) for n, l in model.gated_layers().items()})
+    compaction.compact(
+        model, {n: (keep if n == name else np.ones(l.out_channels, bool)) for n, l in model.gated_layers().items()}
+    )
     x = torch.randn(2, layer.in_channels, 8, 8)
     gates = torch.randint(0, 2, (2, layer.out_channels)).float()
     assert torch.equal(layer(x, gates), original(x, gates * torch.as_tensor(keep).float()))
@@ -87,10 +90,13 @@ def test_stored_task_round_trips_and_counts_only_kept_filters():
     plain = build_transfer_model("resnet18", 5, pretrained=False)
     assert counts["backbone_params"] == sum(p.numel() for p in plain.features.parameters())
     assert counts["extra_params"] == counts["filter_params"] + counts["gate_net_params"] + counts["ungated_params"]
-    stored_gate = sum(v.numel() for v in state["gate_net"].values()) + sum(e["gate_weight"].numel() + e["gate_bias"].numel()
-                                                                           for e in state["layers"].values())
+    stored_gate = sum(v.numel() for v in state["gate_net"].values()) + sum(
+        e["gate_weight"].numel() + e["gate_bias"].numel() for e in state["layers"].values()
+    )
     assert counts["gate_net_params"] == stored_gate < sum(p.numel() for p in model.gate_net.parameters())
-    assert counts["ungated_params"] == sum(p.numel() for n, p in plain.features.named_parameters() if n.startswith(("conv1", "bn1")))
+    assert counts["ungated_params"] == sum(
+        p.numel() for n, p in plain.features.named_parameters() if n.startswith(("conv1", "bn1"))
+    )
 
 
 @pytest.mark.slow

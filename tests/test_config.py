@@ -20,16 +20,19 @@ def test_overrides_apply_in_order_with_yaml_typing(tmp_path):
     assert cfg.method.l2sp.alpha == 1.0 and isinstance(cfg.method.l2sp.alpha, float)
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("optim.lrr=0.1", "unknown config key 'optim.lrr'"),
-    ("optim.lr=-1", "optim.lr and optim.head_lr must be positive"),
-    ("data.val_fraction=1.5", "data.val_fraction"),
-    ("optim.optimizer=adam", "optim.optimizer must be 'sgd' or 'adamw'"),
-    ("method.adafilter.gate_optimizer=adam", "method.adafilter.gate_optimizer must be sgd or adamw"),
-    ("optim.epochs=two", "optim.epochs' must be int"),
-    ("data.resolution=8", "data.resolution must be at least 16"),
-    ("optim", "not of the form key=value"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("optim.lrr=0.1", "unknown config key 'optim.lrr'"),
+        ("optim.lr=-1", "optim.lr and optim.head_lr must be positive"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("optim.optimizer=adam", "optim.optimizer must be 'sgd' or 'adamw'"),
+        ("method.adafilter.gate_optimizer=adam", "method.adafilter.gate_optimizer must be sgd or adamw"),
+        ("optim.epochs=two", "optim.epochs' must be int"),
+        ("data.resolution=8", "data.resolution must be at least 16"),
+        ("optim", "not of the form key=value"),
+    ],
+)
 def test_invalid_values_give_one_line_errors(override, fragment):
     with pytest.raises(KitError) as err:
         load_config(None, [override])

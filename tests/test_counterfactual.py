@@ -1,5 +1,6 @@
 """Counterfactual gates: overrides give exactly the fixed-gate networks and restore the learned gates;
 a finished run evaluated with its learned gates reproduces its own errors."""
+
 import copy
 import dataclasses
 import shutil
@@ -83,7 +84,8 @@ def test_a_finished_run_reproduces_its_own_errors_with_learned_gates(tiny_overri
     assert by_gates.at["learned", "val_top1_err"] == summary["val_top1_err"]
     assert by_gates.at["learned", "top1_err"] == summary["top1_err"]
     assert by_gates.at["learned", "val_frac_finetuned"] == pytest.approx(
-        pd.read_json(ada.run_dir() / "metrics.jsonl", lines=True).val_frac_finetuned.iloc[summary["best_epoch"] - 1])
+        pd.read_json(ada.run_dir() / "metrics.jsonl", lines=True).val_frac_finetuned.iloc[summary["best_epoch"] - 1]
+    )
     assert (by_gates.at["ones", "val_frac_finetuned"], by_gates.at["zeros", "val_frac_finetuned"]) == (1.0, 0.0)
     recalibrated = counterfactual.counterfactual_errors(ada.run_dir(), ["learned", "zeros"], recalibrate=True)
     assert recalibrated.at[0, "top1_err"] == summary["top1_err"]  # the learned gates are never recalibrated

@@ -1,5 +1,6 @@
 """Tests of adafilter_lib.data: split sizes and determinism, transforms, folder and archive loaders,
 and the download boundary of the torchvision-backed sets (nothing here touches the network)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,6 +47,7 @@ def class_tree(root: Path, counts: dict[str, int], ext=".png") -> None:
 
 # ---------------------------------------------------------------- splits (pure functions)
 
+
 def test_carve_train_val_sizes_stratified_and_deterministic():
     labels = np.repeat(np.arange(5), 30)[np.random.default_rng(1).permutation(150)]
     train, val = carve_train_val(labels, 20, 0.2, split_seed=3)
@@ -78,6 +80,7 @@ def test_offline_splits_disjoint_from_fixed_test():
 
 
 # ---------------------------------------------------------------- offline datasets
+
 
 @pytest.mark.parametrize("name,test_size", [("digits", None), ("mnist5k", 1500)])
 def test_offline_split_sizes_and_fixed_test(name, test_size):
@@ -147,6 +150,7 @@ def test_unknown_preset_and_dataset_list_valid_names():
 
 # ---------------------------------------------------------------- folder:PATH
 
+
 def test_folder_carves_fixed_test_and_val(tmp_path):
     class_tree(tmp_path / "pets", {"cat": 10, "dog": 6})
     splits = build(f"folder:{tmp_path / 'pets'}", split_seed=0)
@@ -198,6 +202,7 @@ def test_folder_corrupt_image_named_at_build_and_at_load(tmp_path):
 
 
 # ---------------------------------------------------------------- archive-backed paper sets
+
 
 def test_mit_indoor67_fake_archive(tmp_path):
     base = tmp_path / "mit_indoor67"
@@ -308,8 +313,11 @@ def test_uc_merced_full_refuses_stray_files_and_missing_release(tmp_path):
     assert "uc_merced_full" in one_line_error(excinfo) and "prepare" in one_line_error(excinfo)
 
 
-@pytest.mark.skipif(not SHARED_UC_MERCED.is_dir(), reason="the full-resolution UC Merced release (../shared/data/uc_merced) "
-                    "is only on the project's CI and development machines")
+@pytest.mark.skipif(
+    not SHARED_UC_MERCED.is_dir(),
+    reason="the full-resolution UC Merced release (../shared/data/uc_merced) "
+    "is only on the project's CI and development machines",
+)
 def test_uc_merced_full_reads_the_real_release():
     splits = build("uc_merced_full", root=str(SHARED_UC_MERCED.parent), resolution=32)
     compact = build("uc_merced", resolution=32)
@@ -322,6 +330,7 @@ def test_uc_merced_full_reads_the_real_release():
 
 
 # ---------------------------------------------------------------- torchvision-backed paper sets
+
 
 def test_download_failure_says_where_to_put_data(tmp_path, monkeypatch):
     calls = []
@@ -352,8 +361,7 @@ def test_dtd_present_locally_never_downloads(tmp_path, monkeypatch):
     parts = {"train": range(0, 2), "val": range(2, 3), "test": range(3, 4)}
     for split, ids in parts.items():
         (data / "labels").mkdir(exist_ok=True)
-        (data / "labels" / f"{split}1.txt").write_text(
-            "".join(f"{c}/img{i:03d}.jpg\n" for c in ("banded", "woven") for i in ids))
+        (data / "labels" / f"{split}1.txt").write_text("".join(f"{c}/img{i:03d}.jpg\n" for c in ("banded", "woven") for i in ids))
     splits = build("dtd", root=str(tmp_path), val_fraction=0.3)
     assert splits.classes == ["banded", "woven"]
     assert len(splits.train) + len(splits.val) == 6 and len(splits.test) == 2

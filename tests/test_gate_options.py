@@ -1,5 +1,6 @@
 """AdaFilter's exploration and rate-control options: evaluation modes, training noise, per-layer rate loss,
 gate weight decay, and the paper's Fig. 1 gate inputs (image first, then the previous layer's output)."""
+
 import copy
 
 import pytest
@@ -77,8 +78,9 @@ def test_logistic_training_noise_samples_bernoulli_gates_and_temperature_scales_
 
 
 def test_per_layer_rate_loss_is_zero_at_the_target_and_reaches_the_gate_network():
-    _, method, model = _model("method.adafilter.usage_penalty=1.0", "method.adafilter.usage_scope=layer",
-                              "method.adafilter.usage_target=0.75")
+    _, method, model = _model(
+        "method.adafilter.usage_penalty=1.0", "method.adafilter.usage_scope=layer", "method.adafilter.usage_target=0.75"
+    )
     at_target = {"a": torch.tensor([[1.0, 1.0, 1.0, 0.0]]), "b": torch.tensor([[1.0, 0.0], [1.0, 1.0]])}
     assert method.extra_loss(model, ModelOutput(torch.zeros(1, 5), at_target)).item() == 0.0
     off = {"a": torch.ones(1, 4), "b": torch.zeros(2, 2)}  # rates 1 and 0: ((0.25)^2 + (0.75)^2) / 2
@@ -93,8 +95,9 @@ def test_per_layer_rate_loss_is_zero_at_the_target_and_reaches_the_gate_network(
 
 
 def test_gate_weight_decay_applies_to_the_gate_network_group_only():
-    cfg, method, model = _model("optim.weight_decay=0.0001", "method.adafilter.gate_weight_decay=0.001",
-                                "method.adafilter.gate_optimizer=adamw")
+    cfg, method, model = _model(
+        "optim.weight_decay=0.0001", "method.adafilter.gate_weight_decay=0.001", "method.adafilter.gate_optimizer=adamw"
+    )
     optimizer = build_optimizer(method.param_groups(model), cfg.optim)
     decay = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
     assert decay == {"finetuned": 0.0001, "head": 0.0001, "gate_net": 0.001}

@@ -1,4 +1,5 @@
 """Gate collectors on hand-built gates, and the per-image record round trip."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,10 @@ def _batches():
     b = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
     labels = torch.tensor([0, 1, 0])
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])
-    return [(ModelOutput(logits[:2], {"a": a[:2], "b": b[:2]}), labels[:2], torch.tensor([0.1, 0.2])),
-            (ModelOutput(logits[2:], {"a": a[2:], "b": b[2:]}), labels[2:], torch.tensor([0.3]))]
+    return [
+        (ModelOutput(logits[:2], {"a": a[:2], "b": b[:2]}), labels[:2], torch.tensor([0.1, 0.2])),
+        (ModelOutput(logits[2:], {"a": a[2:], "b": b[2:]}), labels[2:], torch.tensor([0.3])),
+    ]
 
 
 def test_gate_stats_numbers_from_known_gates():

@@ -1,4 +1,5 @@
 """GatedConv2d against references: the naive per-example loop, the plain pretrained and fine-tuned convs."""
+
 import pytest
 import torch
 from torch import nn
@@ -16,9 +17,13 @@ def _conv_bn(c_in, c_out, kernel=3, stride=1, groups=1, bias=False, seed=0):
     return conv, bn
 
 
-LAYOUTS = {"plain": dict(c_in=4, c_out=6), "strided": dict(c_in=4, c_out=6, stride=2),
-           "grouped": dict(c_in=4, c_out=6, groups=2), "depthwise": dict(c_in=6, c_out=6, groups=6),
-           "pointwise+bias": dict(c_in=4, c_out=5, kernel=1, bias=True)}
+LAYOUTS = {
+    "plain": dict(c_in=4, c_out=6),
+    "strided": dict(c_in=4, c_out=6, stride=2),
+    "grouped": dict(c_in=4, c_out=6, groups=2),
+    "depthwise": dict(c_in=6, c_out=6, groups=6),
+    "pointwise+bias": dict(c_in=4, c_out=5, kernel=1, bias=True),
+}
 
 
 def _drift(layer):
@@ -70,7 +75,11 @@ def test_only_finetuned_filters_and_bn_learn_and_gradients_reach_the_gates():
     conv, bn = _conv_bn(4, 6)
     layer = GatedConv2d(conv, bn).train()
     _drift(layer)
-    assert {n for n, p in layer.named_parameters() if p.requires_grad} == {"weight_finetuned", "bn_finetuned.weight", "bn_finetuned.bias"}
+    assert {n for n, p in layer.named_parameters() if p.requires_grad} == {
+        "weight_finetuned",
+        "bn_finetuned.weight",
+        "bn_finetuned.bias",
+    }
     assert "weight_pretrained" in dict(layer.named_buffers())
     gates = torch.full((2, 6), 0.5, requires_grad=True)
     layer(torch.randn(2, 4, 8, 8), gates).square().sum().backward()

@@ -45,11 +45,11 @@ def test_linear_probe_trains_exactly_the_head_and_keeps_bn_statistics():
 def test_l2sp_penalty_matches_hand_computation():
     cfg, model, method = _setup("l2sp", "method.l2sp.alpha=0.3", "method.l2sp.beta=0.05")
     out = model(torch.randn(2, 3, 32, 32))
-    head_sq = sum((p ** 2).sum() for p in model.head.parameters())
+    head_sq = sum((p**2).sum() for p in model.head.parameters())
     assert torch.allclose(method.extra_loss(model, out), 0.5 * 0.05 * head_sq)  # no drift at the start
     with torch.no_grad():
         model.features.conv1.weight += 0.1  # drift every element of one tensor by 0.1
-    expected = 0.5 * 0.3 * (0.1 ** 2) * model.features.conv1.weight.numel() + 0.5 * 0.05 * head_sq
+    expected = 0.5 * 0.3 * (0.1**2) * model.features.conv1.weight.numel() + 0.5 * 0.05 * head_sq
     assert torch.allclose(method.extra_loss(model, out), expected, rtol=1e-4)
 
 

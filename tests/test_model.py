@@ -22,8 +22,14 @@ def test_lite0_wheel_keys_rename_onto_timm_exactly():
 def _imagenet_top5(net, image_name: str) -> list[str]:
     image = torch.from_numpy(np.array(load_sample_image(image_name))).permute(2, 0, 1)  # (3, H, W) uint8
     spec = backbone_spec("efficientnet_lite0")
-    prep = v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(spec.mean, spec.std)])
+    prep = v2.Compose(
+        [
+            v2.Resize(256, antialias=True),
+            v2.CenterCrop(224),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(spec.mean, spec.std),
+        ]
+    )
     with torch.no_grad():
         top = net(prep(image)[None])[0].topk(5).indices.tolist()
     info = timm.data.ImageNetInfo()
@@ -40,7 +46,9 @@ def test_pretrained_lite0_recognizes_real_photos():
     assert "daisy" not in _imagenet_top5(random, "flower.jpg")[:2]
 
 
-@pytest.mark.parametrize("name, dim", [("efficientnet_lite0", 1280), ("resnet18", 512), ("resnet50", 2048), ("mobilenet_v2", 1280)])
+@pytest.mark.parametrize(
+    "name, dim", [("efficientnet_lite0", 1280), ("resnet18", 512), ("resnet50", 2048), ("mobilenet_v2", 1280)]
+)
 def test_transfer_model_replaces_the_head(name, dim):
     net = build_transfer_model(name, num_classes=7, pretrained=False).eval()
     assert net.head.in_features == dim and net.head.out_features == 7

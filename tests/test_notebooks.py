@@ -6,6 +6,7 @@ widget/browser tests reuse the same AdaFilter run. They run in one kernel, each 
 (see the ``kernel`` fixture). Notebooks added later (e.g. ``06_*.ipynb``) are picked up automatically;
 they receive the parameters ``SMOKE`` and ``RUNS_ROOT`` and must not write outside ``RUNS_ROOT``.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,7 @@ def _ids(paths):
 
 def test_the_study_notebooks_exist():
     names = {p.stem for p in NOTEBOOKS}
-    assert {"01_baseline_finetuning", "02_adafilter_training", "03_gate_usage", "04_error_tables",
-            "05_gate_inspector"} <= names
+    assert {"01_baseline_finetuning", "02_adafilter_training", "03_gate_usage", "04_error_tables", "05_gate_inspector"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -40,8 +40,9 @@ def test_committed_clean_with_purpose_and_parameters_cells(path):
     assert "widgets" not in nb.metadata, f"{path.name} holds saved widget state; make clean-notebooks removes it"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "first cell: a markdown purpose cell"
     params = nb.cells[1]
-    assert params.cell_type == "code" and "parameters" in params.metadata.get("tags", []), \
+    assert params.cell_type == "code" and "parameters" in params.metadata.get("tags", []), (
         "second cell: a code cell tagged 'parameters'"
+    )
     assert re.search(r"^SMOKE\s*=\s*False\b", params.source, re.M), "the parameters cell sets SMOKE = False"
     assert re.search(r"^RUNS_ROOT\s*=", params.source, re.M), "the parameters cell sets RUNS_ROOT"
     # Thin notebooks: the library holds the code.
@@ -82,9 +83,17 @@ def _execute(path: Path, runs_root: Path, out_dir: Path, km) -> None:
     source = out_dir / f"input_{path.name}"
     nbformat.write(nb, source)
     try:
-        papermill.execute_notebook(str(source), str(out_dir / path.name), parameters={"SMOKE": True, "RUNS_ROOT": str(runs_root)},
-                                   kernel_name="python3", km=km, cwd=str(NOTEBOOK_DIR), progress_bar=False,
-                                   log_output=False, execution_timeout=300)
+        papermill.execute_notebook(
+            str(source),
+            str(out_dir / path.name),
+            parameters={"SMOKE": True, "RUNS_ROOT": str(runs_root)},
+            kernel_name="python3",
+            km=km,
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+            log_output=False,
+            execution_timeout=300,
+        )
     except BaseException:
         if km.has_kernel:
             run_sync(km.restart_kernel)(now=True)  # e.g. a cell still running after a timeout
@@ -119,8 +128,15 @@ def test_smoke_notebooks_wrote_their_figures_and_tables(smoke_root, kernel, tmp_
             _execute(path, smoke_root, tmp_path_factory.getbasetemp() / "executed_notebooks", kernel)
     out = smoke_root / "smoke_results"
     figures = {p.name for p in (out / "figures").glob("*.png")}
-    assert {"01_baselines_top1_err.png", "02_adafilter_top1_err.png", "03_layer_usage.png", "03_layer_class_heatmap.png",
-            "03_filter_frequency.png", "03_usage_over_epochs.png", "04_error_bars.png"} <= figures
+    assert {
+        "01_baselines_top1_err.png",
+        "02_adafilter_top1_err.png",
+        "03_layer_usage.png",
+        "03_layer_class_heatmap.png",
+        "03_filter_frequency.png",
+        "03_usage_over_epochs.png",
+        "04_error_bars.png",
+    } <= figures
     csv = (out / "tables" / "error_table.csv").read_text()
     assert {"finetune", "linear_probe", "adafilter"} <= {line.split(",")[0] for line in csv.splitlines()[1:]}
     assert (out / "tables" / "error_table.md").is_file() and (out / "tables" / "error_table.tex").is_file()

@@ -1,4 +1,5 @@
 """engine.build_optimizer: one rule per parameter group (SGD beside AdamW) behind one optimizer object."""
+
 import copy
 
 import torch
@@ -23,8 +24,9 @@ def _set_grads(params, step):
 def test_each_group_is_stepped_exactly_by_its_own_rule_under_the_schedule():
     cfg = load_config(None, ["optim.lr=0.1", "optim.momentum=0.9", "optim.weight_decay=0.01", "optim.epochs=2"])
     net, gate = _params(0), _params(1)
-    mixed = build_optimizer([{"name": "net", "params": net, "lr": 0.1},
-                             {"name": "gate", "params": gate, "lr": 0.01, "optimizer": "adamw"}], cfg.optim)
+    mixed = build_optimizer(
+        [{"name": "net", "params": net, "lr": 0.1}, {"name": "gate", "params": gate, "lr": 0.01, "optimizer": "adamw"}], cfg.optim
+    )
     assert isinstance(mixed, MixedOptimizer) and [g["name"] for g in mixed.param_groups] == ["net", "gate"]
     ref_net, ref_gate = [copy.deepcopy(p) for p in net], [copy.deepcopy(p) for p in gate]
     ref_sgd = torch.optim.SGD(ref_net, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, foreach=True)
@@ -45,8 +47,13 @@ def test_state_dict_round_trip_continues_bit_identically_under_the_schedule():
     cfg = load_config(None, ["optim.lr=0.1", "optim.momentum=0.9", "optim.epochs=2"])
 
     def make(params):
-        optimizer = build_optimizer([{"name": "net", "params": params[:1], "lr": 0.1},
-                                     {"name": "gate", "params": params[1:], "lr": 0.01, "optimizer": "adamw"}], cfg.optim)
+        optimizer = build_optimizer(
+            [
+                {"name": "net", "params": params[:1], "lr": 0.1},
+                {"name": "gate", "params": params[1:], "lr": 0.01, "optimizer": "adamw"},
+            ],
+            cfg.optim,
+        )
         return optimizer, build_scheduler(optimizer, cfg.optim, steps_per_epoch=2)
 
     params = _params(0)

@@ -1,4 +1,5 @@
 """Paper-scale path up to the network boundary: configs, prepare, and the sweep on stand-in folder data."""
+
 import io
 import tarfile
 
@@ -76,15 +77,27 @@ def standin(tmp_path_factory):
         (root / cls).mkdir()
         for i in range(10):
             (root / cls / f"{i}.png").write_bytes(_png(rng))
-    tiny = ["data.resolution=32", "data.batch_size=4", "data.val_fraction=0.25", "model.backbone=resnet18",
-            "model.pretrained=false", "optim.epochs=2"]
+    tiny = [
+        "data.resolution=32",
+        "data.batch_size=4",
+        "data.val_fraction=0.25",
+        "model.backbone=resnet18",
+        "model.pretrained=false",
+        "optim.epochs=2",
+    ]
     return f"folder:{root}", tiny
 
 
 def test_shards_cover_the_grid_exactly_once(standin, tmp_path):
     dataset, tiny = standin
-    grid = plan([dataset, "digits"], ["finetune", "linear_probe", "adafilter"], [0, 1, 2], str(tmp_path), overrides=tiny,
-                config="defaults")
+    grid = plan(
+        [dataset, "digits"],
+        ["finetune", "linear_probe", "adafilter"],
+        [0, 1, 2],
+        str(tmp_path),
+        overrides=tiny,
+        config="defaults",
+    )
     names = [c.resolved_run_name() for c in grid]
     parts = [[c.resolved_run_name() for c in shard(grid, i, 3)] for i in (1, 2, 3)]
     assert sorted(sum(parts, [])) == sorted(names) and len(set(sum(parts, []))) == len(names) == 18

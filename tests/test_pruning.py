@@ -1,4 +1,5 @@
 """Fine-Pruning: masks, compression from actual zeros, the resumable Optuna study, the baseline, the CLI."""
+
 import math
 
 import pandas as pd
@@ -18,9 +19,15 @@ from adafilter_lib.results import load_runs
 from adafilter_lib.trainer import fit
 
 # A study small enough for a test: no warmup, trials scored right after pruning, one masked epoch at the end.
-FAST_STUDY = ["method.fine_pruning.rounds=2", "method.fine_pruning.trials=4", "method.fine_pruning.startup_trials=2",
-              "method.fine_pruning.warmup_epochs=0", "method.fine_pruning.trial_epochs=0", "method.fine_pruning.round_epochs=0",
-              "method.fine_pruning.final_epochs=1"]
+FAST_STUDY = [
+    "method.fine_pruning.rounds=2",
+    "method.fine_pruning.trials=4",
+    "method.fine_pruning.startup_trials=2",
+    "method.fine_pruning.warmup_epochs=0",
+    "method.fine_pruning.trial_epochs=0",
+    "method.fine_pruning.round_epochs=0",
+    "method.fine_pruning.final_epochs=1",
+]
 
 
 def _resnet():
@@ -109,7 +116,12 @@ def test_stages_group_layers_and_the_log_scale_round_trips():
     assert list(groups) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
     assert "layer2.0.downsample.0" in groups["layer2"] and len(groups["layer1"]) == 4
     assert pruning.stage_of("blocks.3.1.conv_pw") == "blocks.3" and pruning.stage_of("conv_head") == "conv_head"
-    assert list(pruning.layer_groups(_resnet(), "stage", min_weights=10_000)) == ["layer1", "layer2", "layer3", "layer4"]  # conv1: 9,408
+    assert list(pruning.layer_groups(_resnet(), "stage", min_weights=10_000)) == [
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]  # conv1: 9,408
     assert to_log_compression(0.9) == pytest.approx(1.0) and to_sparsity(2.0) == pytest.approx(0.99)
     assert objective_value(10.0, 100.0, 0.99, lam=0.1, term="log10") == pytest.approx(0.9 + 0.2)
     assert objective_value(10.0, 100.0, 0.99, lam=0.1, term="sparsity") == pytest.approx(0.9 + 0.099)
@@ -117,7 +129,9 @@ def test_stages_group_layers_and_the_log_scale_round_trips():
 
 def test_a_stage_is_pruned_with_one_threshold_over_its_layers():
     model = _tiny_net([1, 2, 3, 4, 5, 6, 7, 8])
-    model.features = torch.nn.Sequential(model.features[0], torch.nn.Conv2d(2, 1, 1, bias=False), model.features[1], model.features[2])
+    model.features = torch.nn.Sequential(
+        model.features[0], torch.nn.Conv2d(2, 1, 1, bias=False), model.features[1], model.features[2]
+    )
     with torch.no_grad():
         model.features[1].weight.copy_(torch.tensor([10.0, 0.5]).view(1, 2, 1, 1))
     pruning.attach_masks(model)
@@ -132,8 +146,9 @@ def test_a_stage_is_pruned_with_one_threshold_over_its_layers():
 
 
 def test_pareto_front_keeps_exactly_the_undominated_trials():
-    trials = pd.DataFrame({"state": ["COMPLETE"] * 5 + ["FAIL"], "compression": [2, 4, 8, 8, 3, 50],
-                           "val_top1_err": [10, 12, 20, 15, 11, 0]})
+    trials = pd.DataFrame(
+        {"state": ["COMPLETE"] * 5 + ["FAIL"], "compression": [2, 4, 8, 8, 3, 50], "val_top1_err": [10, 12, 20, 15, 11, 0]}
+    )
     front = pareto_front(trials)
     assert front[["compression", "val_top1_err"]].values.tolist() == [[2, 10], [3, 11], [4, 12], [8, 15]]
 
@@ -180,7 +195,11 @@ def test_prune_after_finetune_prunes_to_fine_prunings_sparsity_and_fit_points_to
     summary = run_prune_after_finetune(cfg, progress=False)
     assert summary["sparsity"] == pytest.approx(0.75, abs=1e-6) and summary["epochs"] == 1
     row = load_runs(cfg.runs_root).set_index("method").loc["prune_after_finetune"]  # the tables pick the run up
-    assert (row["top1_err"], row["compression"], row["nonzero_params"]) == (summary["top1_err"], summary["compression"], summary["nonzero_params"])
+    assert (row["top1_err"], row["compression"], row["nonzero_params"]) == (
+        summary["top1_err"],
+        summary["compression"],
+        summary["nonzero_params"],
+    )
     with pytest.raises(KitError, match="adafilter_lib prune --method fine_pruning"):
         fit(load_config(None, base + ["method.name=fine_pruning"]), progress=False)
 
@@ -191,9 +210,14 @@ def test_prune_cli_reports_a_missing_fine_pruning_run_in_one_line(tiny_overrides
     assert code == 2 and err.startswith("error: prune_after_finetune prunes to the sparsity of") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("override, words", [("method.fine_pruning.sampler=cmaes", "'gp' or 'tpe'"),
-                                             ("method.fine_pruning.max_sparsity=1.0", "strictly between 0 and 1"),
-                                             ("method.fine_pruning.final_epochs=0", "final_epochs at least 1")])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("method.fine_pruning.sampler=cmaes", "'gp' or 'tpe'"),
+        ("method.fine_pruning.max_sparsity=1.0", "strictly between 0 and 1"),
+        ("method.fine_pruning.final_epochs=0", "final_epochs at least 1"),
+    ],
+)
 def test_invalid_fine_pruning_options_are_one_line_errors(override, words):
     with pytest.raises(KitError, match=words) as err:
         load_config(None, [override])

@@ -1,4 +1,5 @@
 """records: fake run directories with known numbers -> exact tidy frames."""
+
 from __future__ import annotations
 
 import json
@@ -18,23 +19,47 @@ from adafilter_lib.gates import GateRecord, save_gate_record
 def make_run(root, name, method="adafilter", dataset="digits", seed=0, epochs=2, gated=True):
     run = root / name
     run.mkdir(parents=True)
-    cfg = {"data": {"dataset": dataset, "n_per_class": 4}, "model": {"backbone": "resnet18"},
-           "method": {"name": method}, "seed": seed}
+    cfg = {
+        "data": {"dataset": dataset, "n_per_class": 4},
+        "model": {"backbone": "resnet18"},
+        "method": {"name": method},
+        "seed": seed,
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run / "summary.json").write_text(json.dumps({"top1_err": 10.0 + seed}))
     lines = []
     for epoch in range(epochs):
-        record = {"epoch": epoch, "train_loss": 2.0 - epoch, "train_top1_err": 50.0 - epoch, "val_loss": 3.0 - epoch,
-                  "val_top1_err": 60.0 - 10 * epoch}
+        record = {
+            "epoch": epoch,
+            "train_loss": 2.0 - epoch,
+            "train_top1_err": 50.0 - epoch,
+            "val_loss": 3.0 - epoch,
+            "val_top1_err": 60.0 - 10 * epoch,
+        }
         if gated:
             record.update(val_frac_finetuned=0.5, val_frac_by_layer={"l1": 0.1 * (epoch + 1), "l2": 0.2 * (epoch + 1)})
         lines.append(json.dumps(record))
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if gated:
-        save_gate_record(run, {"l1": np.array([[1.0, 0.0], [1.0, 1.0]]), "l2": np.array([[0.0], [1.0]])},
-                         np.array([0, 1]), np.array([0, 0]), np.array([0.1, 0.9]), ["0", "1"])
-        usage = pd.DataFrame({"layer": ["l1", "l1", "l1"], "layer_index": 0, "num_filters": 2, "group": ["all", "0", "1"],
-                              "frac_finetuned": [0.75, 0.5, 1.0], "frac_std": [0.25, np.nan, np.nan], "images": [2, 1, 1]})
+        save_gate_record(
+            run,
+            {"l1": np.array([[1.0, 0.0], [1.0, 1.0]]), "l2": np.array([[0.0], [1.0]])},
+            np.array([0, 1]),
+            np.array([0, 0]),
+            np.array([0.1, 0.9]),
+            ["0", "1"],
+        )
+        usage = pd.DataFrame(
+            {
+                "layer": ["l1", "l1", "l1"],
+                "layer_index": 0,
+                "num_filters": 2,
+                "group": ["all", "0", "1"],
+                "frac_finetuned": [0.75, 0.5, 1.0],
+                "frac_std": [0.25, np.nan, np.nan],
+                "images": [2, 1, 1],
+            }
+        )
         usage.to_csv(run / "gate_usage.csv", index=False)
     return run
 
@@ -60,7 +85,12 @@ def test_load_metrics_one_row_per_run_and_epoch(root):
 def test_curves_long_form(root):
     long = records.curves(records.load_metrics(root), "loss")
     ada = long[long.method == "adafilter"]
-    assert ada[["split", "epoch", "loss"]].values.tolist() == [["train", 1, 2.0], ["train", 2, 1.0], ["val", 1, 3.0], ["val", 2, 2.0]]
+    assert ada[["split", "epoch", "loss"]].values.tolist() == [
+        ["train", 1, 2.0],
+        ["train", 2, 1.0],
+        ["val", 1, 3.0],
+        ["val", 2, 2.0],
+    ]
     with pytest.raises(KitError, match="train_nope"):
         records.curves(records.load_metrics(root), "nope")
 
@@ -133,7 +163,9 @@ def test_filter_drift_and_its_summary_by_selection_band(root):
 def test_drift_command_writes_the_per_run_table(root, tmp_path, capsys):
     from adafilter_lib.cli import main
 
-    _save_weights(root / "a_ada", {"l1": ([[3.0, 4.5], [1.0, 0.0]], [[3.0, 4.0], [1.0, 0.0]]), "l2": ([[2.0, 1.0]], [[2.0, 0.0]])})
+    _save_weights(
+        root / "a_ada", {"l1": ([[3.0, 4.5], [1.0, 0.0]], [[3.0, 4.0], [1.0, 0.0]]), "l2": ([[2.0, 1.0]], [[2.0, 0.0]])}
+    )
     out = tmp_path / "drift.csv"
     assert main(["drift", "--runs", str(root), "--out", str(out)]) == 0
     written = pd.read_csv(out)

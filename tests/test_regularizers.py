@@ -1,4 +1,5 @@
 """DELTA, BSS and WiSE-FT: penalties from known inputs, exact WiSE-FT endpoints, and runs through fit."""
+
 import copy
 
 import pytest
@@ -75,7 +76,9 @@ def test_delta_distance_by_hand_with_uniform_attention():
 def test_delta_is_zero_at_initialization_and_positive_after_drift(tiny_overrides):
     _, method, model = _setup("delta", "method.delta.beta=0", "method.delta.attention_images=16", base_overrides=tiny_overrides)
     assert set(method.attention) == {"layer1", "layer2", "layer3", "layer4"}
-    assert all(w.shape == (c,) and w.sum().item() == pytest.approx(1.0) for w, c in zip(method.attention.values(), (64, 128, 256, 512)))
+    assert all(
+        w.shape == (c,) and w.sum().item() == pytest.approx(1.0) for w, c in zip(method.attention.values(), (64, 128, 256, 512))
+    )
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     method.train_mode(model)
     assert method.extra_loss(model, model(images)).item() == 0.0
@@ -99,8 +102,10 @@ def test_each_baseline_trains_through_fit_to_a_run_record(tiny_overrides, name):
     assert ("test_frac_finetuned" in summary) == (name == "spottune")  # SpotTune's block gates feed the gate statistics
 
 
-@pytest.mark.parametrize("override", ["method.wise_ft.alpha=1.5", "method.bss.k=0", "method.delta.attention=softmax",
-                                      "method.spottune.eval_policy=greedy"])
+@pytest.mark.parametrize(
+    "override",
+    ["method.wise_ft.alpha=1.5", "method.bss.k=0", "method.delta.attention=softmax", "method.spottune.eval_policy=greedy"],
+)
 def test_invalid_baseline_options_are_one_line_errors(override):
     from adafilter_lib.errors import KitError
 

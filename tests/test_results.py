@@ -1,4 +1,5 @@
 """results: fake run directories with known numbers -> exact tables and files."""
+
 from __future__ import annotations
 
 import json
@@ -13,22 +14,25 @@ from adafilter_lib.results import build_tables, error_table, export_table, latex
 
 # (method, dataset) -> test errors of seeds 0, 1, 2, ...
 ERRORS = {
-    ("finetune", "cub_200"): [10.0, 12.0, 14.0],   # mean 12, std 2
-    ("finetune", "mnist5k"): [2.0, 4.0],            # mean 3, std sqrt(2)
-    ("adafilter", "cub_200"): [8.0, 9.0],           # mean 8.5, std sqrt(0.5)
-    ("adafilter", "mnist5k"): [3.5, 3.5, 3.5],      # mean 3.5, std 0
+    ("finetune", "cub_200"): [10.0, 12.0, 14.0],  # mean 12, std 2
+    ("finetune", "mnist5k"): [2.0, 4.0],  # mean 3, std sqrt(2)
+    ("adafilter", "cub_200"): [8.0, 9.0],  # mean 8.5, std sqrt(0.5)
+    ("adafilter", "mnist5k"): [3.5, 3.5, 3.5],  # mean 3.5, std 0
 }
 
 
 def make_run(root, name, method, dataset, seed, top1_err, summary=True, backbone="resnet18", **extra):
     run = root / name
     run.mkdir(parents=True)
-    cfg = {"data": {"dataset": dataset, "n_per_class": 30}, "model": {"backbone": backbone},
-           "method": {"name": method, "l2sp": {"alpha": 0.1}}, "seed": seed}
+    cfg = {
+        "data": {"dataset": dataset, "n_per_class": 30},
+        "model": {"backbone": backbone},
+        "method": {"name": method, "l2sp": {"alpha": 0.1}},
+        "seed": seed,
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     if summary:
-        record = {"top1_err": top1_err, "val_top1_err": top1_err + 1, "best_epoch": 3, "epochs": 5,
-                  "train_seconds": 1.5, **extra}
+        record = {"top1_err": top1_err, "val_top1_err": top1_err + 1, "best_epoch": 3, "epochs": 5, "train_seconds": 1.5, **extra}
         (run / "summary.json").write_text(json.dumps(record))
     return run
 
@@ -65,7 +69,11 @@ def test_error_table_exact_values_and_order(runs_root):
     table = error_table(load_runs(runs_root), method_order=["finetune"])
     assert list(table.columns) == ["method", "dataset", "top1_err", "top1_err_std", "seeds"]
     assert list(zip(table["method"], table["dataset"])) == [
-        ("finetune", "cub_200"), ("finetune", "mnist5k"), ("adafilter", "cub_200"), ("adafilter", "mnist5k")]
+        ("finetune", "cub_200"),
+        ("finetune", "mnist5k"),
+        ("adafilter", "cub_200"),
+        ("adafilter", "mnist5k"),
+    ]
     row = table.set_index(["method", "dataset"])
     assert row.loc[("finetune", "cub_200"), "top1_err"] == 12.0
     assert row.loc[("finetune", "cub_200"), "top1_err_std"] == 2.0
@@ -75,7 +83,9 @@ def test_error_table_exact_values_and_order(runs_root):
     # Without an order, methods are alphabetical; unknown methods go after the listed ones.
     assert list(error_table(load_runs(runs_root))["method"].unique()) == ["adafilter", "finetune"]
     assert list(error_table(load_runs(runs_root), method_order=["l2sp", "finetune"])["method"].unique()) == [
-        "finetune", "adafilter"]
+        "finetune",
+        "adafilter",
+    ]
 
 
 def test_single_seed_std_is_nan_and_rendered_without_pm(tmp_path):
@@ -88,7 +98,8 @@ def test_single_seed_std_is_nan_and_rendered_without_pm(tmp_path):
     assert wide.loc["finetune", "cub_200"] == "10.00"
     assert "average" not in wide.columns  # one dataset: nothing to average
     assert markdown_table(table).splitlines()[0] == (
-        "Top-1 test error (%), mean ± std over seeds (1–2 seeds per cell; a dataset cell without ± is one run).")
+        "Top-1 test error (%), mean ± std over seeds (1–2 seeds per cell; a dataset cell without ± is one run)."
+    )
 
 
 def test_wide_table_cells(runs_root):
@@ -121,7 +132,8 @@ def test_export_files(runs_root, tmp_path):
     assert math.isclose(csv.loc[1, "top1_err_std"], math.sqrt(2))  # not rounded in the CSV
     md = (out / "error_table.md").read_text()
     assert md.splitlines()[0] == (
-        "Top-1 test error (%), mean ± std over seeds (2–3 seeds per cell; average = mean over datasets).")
+        "Top-1 test error (%), mean ± std over seeds (2–3 seeds per cell; average = mean over datasets)."
+    )
     assert "| finetune  | 12.00 ± 2.00 |" in md
     assert md == markdown_table(table)
     tex = (out / "error_table.tex").read_text()
@@ -184,7 +196,8 @@ def test_a_gate_metric_table_sits_beside_the_error_table_without_bold(tmp_path):
     build_tables(tmp_path / "runs", out)
     table = build_tables(tmp_path / "runs", out, metric="test_frac_finetuned")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}.{ext}" for stem in ("error_table", "test_frac_finetuned_table") for ext in ("csv", "md", "tex"))
+        f"{stem}.{ext}" for stem in ("error_table", "test_frac_finetuned_table") for ext in ("csv", "md", "tex")
+    )
     assert table.method.tolist() == ["adafilter"]  # fine-tuning runs have no gate fraction
     assert math.isclose(table.test_frac_finetuned[0], 0.5) and math.isclose(table.test_frac_finetuned_std[0], math.sqrt(0.125))
     assert (out / "test_frac_finetuned_table.md").read_text().startswith("Fraction of gate choices that picked the fine-tuned")

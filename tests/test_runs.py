@@ -1,4 +1,5 @@
 """Run directories: run names stay inside the runs folder, publishing removes only finished runs, file modes."""
+
 import os
 import stat
 

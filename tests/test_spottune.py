@@ -1,4 +1,5 @@
 """SpotTune: block copies, the policy gradient, forced paths against reference networks, the trainable set."""
+
 import copy
 
 import pytest
@@ -75,7 +76,9 @@ def test_exact_trainable_set_and_learning_rates():
     method, model, _ = _setup("optim.lr=0.01", "optim.head_lr=0.1", "method.spottune.policy_lr=0.003")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith("frozen.") for n in trainable)
-    assert {n for n, _ in model.named_parameters()} - trainable == {n for n, _ in model.named_parameters() if n.startswith("frozen.")}
+    assert {n for n, _ in model.named_parameters()} - trainable == {
+        n for n, _ in model.named_parameters() if n.startswith("frozen.")
+    }
     groups = {g["name"]: g["lr"] for g in method.param_groups(model)}
     assert groups == {"backbone": 0.01, "policy": 0.003, "head": 0.1}
 

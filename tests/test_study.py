@@ -1,4 +1,5 @@
 """study: the notebooks' grid configs, and reuse of finished runs only when their config matches."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,18 @@ from adafilter_lib.errors import KitError
 
 
 def test_smoke_grid_replaces_data_model_and_epochs(tmp_path):
-    configs = study.grid_configs(tmp_path, ["finetune", "adafilter"], [["mnist5k", 20]], "efficientnet_lite0", 6, [0, 1],
-                                 smoke=True)
+    configs = study.grid_configs(
+        tmp_path, ["finetune", "adafilter"], [["mnist5k", 20]], "efficientnet_lite0", 6, [0, 1], smoke=True
+    )
     assert [c.resolved_run_name() for c in configs] == ["digits__finetune__resnet18__s0", "digits__adafilter__resnet18__s0"]
     cfg = configs[1]
-    assert (cfg.data.n_per_class, cfg.data.resolution, cfg.optim.epochs, cfg.model.pretrained, cfg.device) == (4, 32, 1, False, "cpu")
+    assert (cfg.data.n_per_class, cfg.data.resolution, cfg.optim.epochs, cfg.model.pretrained, cfg.device) == (
+        4,
+        32,
+        1,
+        False,
+        "cpu",
+    )
     assert cfg.run_dir() == tmp_path / "digits__adafilter__resnet18__s0"
     assert to_dict(study.smoke_config(tmp_path, "adafilter")) == to_dict(cfg)
 
@@ -24,7 +32,11 @@ def test_smoke_grid_replaces_data_model_and_epochs(tmp_path):
 def test_full_grid_is_the_demo_recipe_with_backbone_and_epochs():
     configs = study.grid_configs("runs/x", ["finetune"], [["digits", 10], ["mnist5k", 20]], "resnet18", 3, [0, 1])
     assert [(c.data.dataset, c.data.n_per_class, c.seed) for c in configs] == [
-        ("digits", 10, 0), ("digits", 10, 1), ("mnist5k", 20, 0), ("mnist5k", 20, 1)]
+        ("digits", 10, 0),
+        ("digits", 10, 1),
+        ("mnist5k", 20, 0),
+        ("mnist5k", 20, 1),
+    ]
     cfg = configs[0]
     assert (cfg.model.backbone, cfg.optim.epochs, cfg.data.resolution, cfg.optim.head_lr) == ("resnet18", 3, 64, 0.03)
     with pytest.raises(KitError, match="unknown method 'finetun'"):

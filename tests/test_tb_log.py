@@ -1,12 +1,14 @@
 """Optional TensorBoard logging: the events hold exactly the numbers of metrics.jsonl, gate usage included."""
+
 import pytest
 
 from adafilter_lib import runs
 from adafilter_lib.config import load_config
 from adafilter_lib.trainer import fit
 
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
-                                        reason="the tensorboard extra is not installed")
+event_accumulator = pytest.importorskip(
+    "tensorboard.backend.event_processing.event_accumulator", reason="the tensorboard extra is not installed"
+)
 
 
 def test_tensorboard_events_mirror_the_metrics_of_every_epoch(tiny_overrides):

@@ -1,4 +1,5 @@
 """The shared training loop: run records, resume equivalence, failures that leave nothing behind, DDP."""
+
 import json
 import os
 import subprocess
@@ -39,8 +40,11 @@ class SimulatedKill(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", [[], ["method.name=adafilter", "method.adafilter.gate_optimizer=adamw",
-                                           "method.adafilter.gate_lr=0.01"]], ids=["finetune", "adafilter_adamw_gates"])
+@pytest.mark.parametrize(
+    "method",
+    [[], ["method.name=adafilter", "method.adafilter.gate_optimizer=adamw", "method.adafilter.gate_lr=0.01"]],
+    ids=["finetune", "adafilter_adamw_gates"],
+)
 def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_overrides, tmp_path, method):
     overrides = tiny_overrides + ["optim.epochs=3", *method]
     reference_cfg = load_config(None, overrides + [f"runs_root={tmp_path}/ref"])
@@ -99,12 +103,15 @@ def test_identical_runs_write_identical_weight_files(tiny_overrides, tmp_path):
     assert (tmp_path / "a" / name / "best.pt").read_bytes() == (tmp_path / "b" / name / "best.pt").read_bytes()
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("data.dataset=mnist6k", "unknown dataset 'mnist6k'"),
-    ("method.name=adafliter", "unknown method 'adafliter'"),
-    ("model.backbone=vgg16", "unknown backbone 'vgg16'"),
-    ("data.dataset=folder:/no/such/folder", "/no/such/folder"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("data.dataset=mnist6k", "unknown dataset 'mnist6k'"),
+        ("method.name=adafliter", "unknown method 'adafliter'"),
+        ("model.backbone=vgg16", "unknown backbone 'vgg16'"),
+        ("data.dataset=folder:/no/such/folder", "/no/such/folder"),
+    ],
+)
 def test_bad_names_and_folders_fail_before_anything_is_written(tiny_overrides, tmp_path, override, fragment):
     with pytest.raises(KitError) as err:
         fit(load_config(None, tiny_overrides + [override]), progress=False)
@@ -124,8 +131,19 @@ def test_cli_prints_one_line_errors_with_exit_status_2(tmp_path, capsys):
 def test_torchrun_with_two_cpu_processes(tiny_overrides, tmp_path):
     """DDP on the gloo backend: the run finishes once, written by rank 0, with both processes training."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "adafilter_lib", "train", "--no-progress", "--set", *tiny_overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "adafilter_lib",
+        "train",
+        "--no-progress",
+        "--set",
+        *tiny_overrides,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     cfg = load_config(None, tiny_overrides)

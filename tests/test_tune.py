@@ -1,4 +1,5 @@
 """Selection studies: cells from the recipe, the choice on validation only, other seeds at the chosen cell, tables."""
+
 import math
 
 import pandas as pd
@@ -12,16 +13,36 @@ from adafilter_lib.trainer import fit
 from adafilter_lib.tune import choose_cell, run_study, selection_runs
 from adafilter_lib.tune_tables import write_tables
 
-TINY = ["data.n_per_class=4", "data.val_fraction=0.25", "data.resolution=32", "data.batch_size=8",
-        "model.backbone=resnet18", "model.pretrained=false", "optim.epochs=1", "device=cpu"]
+TINY = [
+    "data.n_per_class=4",
+    "data.val_fraction=0.25",
+    "data.resolution=32",
+    "data.batch_size=8",
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "optim.epochs=1",
+    "device=cpu",
+]
 
 
 def _recipe(tmp_path, **changes) -> str:
-    spec = {"set": TINY, "datasets": {"digits": 4}, "seeds": [0, 1], "select": "first", "reference": "finetune",
-            "runs": str(tmp_path / "runs"), "out": str(tmp_path / "out"),
-            "rows": {"finetune": {"grid": {"optim.lr": [0.001, 0.05]}},
-                     "adafilter_x": {"method": "adafilter", "set": ["method.adafilter.hidden=8"],
-                                     "variants": {"plain": [], "warm": ["method.adafilter.gate_warmup_epochs=1"]}}}}
+    spec = {
+        "set": TINY,
+        "datasets": {"digits": 4},
+        "seeds": [0, 1],
+        "select": "first",
+        "reference": "finetune",
+        "runs": str(tmp_path / "runs"),
+        "out": str(tmp_path / "out"),
+        "rows": {
+            "finetune": {"grid": {"optim.lr": [0.001, 0.05]}},
+            "adafilter_x": {
+                "method": "adafilter",
+                "set": ["method.adafilter.hidden=8"],
+                "variants": {"plain": [], "warm": ["method.adafilter.gate_warmup_epochs=1"]},
+            },
+        },
+    }
     spec.update(changes)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -66,22 +87,35 @@ def test_study_chooses_on_the_first_seed_trains_others_at_the_choice_and_reuses_
     assert len(records) == 6 and set(records.groupby("row").size()) == {3}
     for row in ("finetune", "adafilter_x"):
         seed0 = records[(records.row == row) & (records.seed == 0)].set_index("cell")
-        assert chosen[(row, "digits")] == choose_cell({c: (seed0.loc[c, "val_top1_err"], 0.0) for c in seed0.index}) \
-            or seed0["val_top1_err"].nunique() == 1  # equal errors: decided by the validation loss
+        assert (
+            chosen[(row, "digits")] == choose_cell({c: (seed0.loc[c, "val_top1_err"], 0.0) for c in seed0.index})
+            or seed0["val_top1_err"].nunique() == 1
+        )  # equal errors: decided by the validation loss
         seed1 = records[(records.row == row) & (records.seed == 1)]
         assert seed1["cell"].tolist() == [chosen[(row, "digits")]]
     table = write_tables(study, selection_runs(study, chosen), "python -m adafilter_lib tune study.yaml")
     ada = table.set_index("row").loc["adafilter_x"]
     picked = records[records.chosen]
-    diffs = (picked[picked.row == "adafilter_x"].set_index("seed")["top1_err"]
-             - picked[picked.row == "finetune"].set_index("seed")["top1_err"])
+    diffs = (
+        picked[picked.row == "adafilter_x"].set_index("seed")["top1_err"]
+        - picked[picked.row == "finetune"].set_index("seed")["top1_err"]
+    )
     assert ada["diff_vs_reference"] == pytest.approx(diffs.mean())
     assert ada["diff_se"] == pytest.approx(diffs.std(ddof=1) / math.sqrt(2))
-    assert 0.0 <= ada["test_frac_finetuned"] <= 1.0 and "test_frac_finetuned" not in table.set_index("row").loc["finetune"].dropna()
+    assert (
+        0.0 <= ada["test_frac_finetuned"] <= 1.0 and "test_frac_finetuned" not in table.set_index("row").loc["finetune"].dropna()
+    )
     out = tmp_path / "out"
-    for name in ("cells.csv", "comparison.csv", "comparison.md", "README.md", "finetune/error_table.csv",
-                 "finetune/val_top1_err_table.csv", "adafilter_x/test_frac_finetuned_table.csv",
-                 "adafilter_x/test_frac_adaptive_filters_table.csv"):
+    for name in (
+        "cells.csv",
+        "comparison.csv",
+        "comparison.md",
+        "README.md",
+        "finetune/error_table.csv",
+        "finetune/val_top1_err_table.csv",
+        "adafilter_x/test_frac_finetuned_table.csv",
+        "adafilter_x/test_frac_adaptive_filters_table.csv",
+    ):
         assert (out / name).is_file(), name
     assert "validation error of seed 0 alone" in (out / "README.md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}

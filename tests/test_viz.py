@@ -1,4 +1,5 @@
 """viz: figures drawn from hand-built tidy frames show exactly the numbers they were given."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,18 @@ def _curves() -> pd.DataFrame:
         for method, offset in (("finetune", 0.0), ("adafilter", 5.0)):
             for split, extra in (("train", 0.0), ("val", 10.0)):
                 for epoch in (1, 2, 3):
-                    rows.append({"run_dir": f"{dataset}_{method}", "method": method, "dataset": dataset, "backbone": "r",
-                                 "seed": 0, "epoch": epoch, "split": split, "top1_err": 50 - 10 * epoch + offset + extra})
+                    rows.append(
+                        {
+                            "run_dir": f"{dataset}_{method}",
+                            "method": method,
+                            "dataset": dataset,
+                            "backbone": "r",
+                            "seed": 0,
+                            "epoch": epoch,
+                            "split": split,
+                            "top1_err": 50 - 10 * epoch + offset + extra,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -37,9 +48,19 @@ def test_training_curves_one_panel_per_dataset_with_every_line():
 
 
 def test_layer_usage_draws_mean_and_spread_per_run():
-    usage = pd.DataFrame({"run_dir": "r1", "dataset": "d", "method": "adafilter", "seed": 0,
-                          "layer": ["a", "b", "a", "b"], "layer_index": [0, 1, 0, 1], "group": ["all", "all", "0", "0"],
-                          "frac_finetuned": [0.2, 0.6, 0.9, 0.9], "frac_std": [0.1, 0.05, np.nan, np.nan]})
+    usage = pd.DataFrame(
+        {
+            "run_dir": "r1",
+            "dataset": "d",
+            "method": "adafilter",
+            "seed": 0,
+            "layer": ["a", "b", "a", "b"],
+            "layer_index": [0, 1, 0, 1],
+            "group": ["all", "all", "0", "0"],
+            "frac_finetuned": [0.2, 0.6, 0.9, 0.9],
+            "frac_std": [0.1, 0.05, np.nan, np.nan],
+        }
+    )
     ax = viz.layer_usage(usage).axes[0]
     (line,) = ax.get_lines()
     np.testing.assert_allclose(line.get_ydata(), [0.2, 0.6])  # class rows are not drawn
@@ -50,8 +71,10 @@ def test_layer_usage_draws_mean_and_spread_per_run():
 
 
 def test_layer_class_heatmap_cells_equal_the_class_rows():
-    rows = [{"run_dir": "r", "layer": f"l{i}", "layer_index": i, "group": g, "frac_finetuned": v}
-            for i, (g, v) in enumerate([("all", 0.5)])]  # the "all" row must be ignored
+    rows = [
+        {"run_dir": "r", "layer": f"l{i}", "layer_index": i, "group": g, "frac_finetuned": v}
+        for i, (g, v) in enumerate([("all", 0.5)])
+    ]  # the "all" row must be ignored
     for k, cls in enumerate(["cat", "ant"]):  # class order of the dataset, not alphabetical
         for i in range(3):
             rows.append({"run_dir": "r", "layer": f"l{i}", "layer_index": i, "group": cls, "frac_finetuned": 0.1 * (k * 3 + i)})
@@ -64,23 +87,43 @@ def test_layer_class_heatmap_cells_equal_the_class_rows():
 
 
 def test_filter_frequency_one_dot_per_filter():
-    frequency = pd.DataFrame({"layer": ["a", "a", "b", "b", "b"], "layer_index": [0, 0, 1, 1, 1], "filter": [0, 1, 0, 1, 2],
-                              "frequency": [0.0, 1.0, 0.25, 0.5, 0.75]})
+    frequency = pd.DataFrame(
+        {
+            "layer": ["a", "a", "b", "b", "b"],
+            "layer_index": [0, 0, 1, 1, 1],
+            "filter": [0, 1, 0, 1, 2],
+            "frequency": [0.0, 1.0, 0.25, 0.5, 0.75],
+        }
+    )
     ax = viz.filter_frequency(frequency).axes[0]
     dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections])
     np.testing.assert_allclose(sorted(dots), [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
 def test_usage_over_epochs_heatmap_is_layers_by_epochs():
-    usage = pd.DataFrame({"run_dir": "r", "epoch": [1, 1, 2, 2], "layer": ["a", "b", "a", "b"], "layer_index": [0, 1, 0, 1],
-                          "frac_finetuned": [0.1, 0.2, 0.3, 0.4]})
+    usage = pd.DataFrame(
+        {
+            "run_dir": "r",
+            "epoch": [1, 1, 2, 2],
+            "layer": ["a", "b", "a", "b"],
+            "layer_index": [0, 1, 0, 1],
+            "frac_finetuned": [0.1, 0.2, 0.3, 0.4],
+        }
+    )
     mesh = next(c for c in viz.usage_over_epochs(usage).axes[0].collections if isinstance(c, QuadMesh))
     np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(2, 2), [[0.1, 0.3], [0.2, 0.4]])
 
 
 def test_error_bars_heights_and_std_whiskers():
-    table = pd.DataFrame({"method": ["finetune", "finetune", "adafilter"], "dataset": ["a", "b", "a"],
-                          "top1_err": [10.0, 20.0, 8.0], "top1_err_std": [1.0, np.nan, 0.5], "seeds": [3, 1, 2]})
+    table = pd.DataFrame(
+        {
+            "method": ["finetune", "finetune", "adafilter"],
+            "dataset": ["a", "b", "a"],
+            "top1_err": [10.0, 20.0, 8.0],
+            "top1_err_std": [1.0, np.nan, 0.5],
+            "seeds": [3, 1, 2],
+        }
+    )
     ax = viz.error_bars(table).axes[0]
     heights = [p.get_height() for p in ax.patches]
     assert heights[:2] == [10.0, 20.0] and heights[2] == 8.0 and np.isnan(heights[3])  # adafilter has no "b" cell

@@ -1,4 +1,5 @@
 """GateInspector on a real tiny AdaFilter run: what it displays is exactly the record's slice."""
+
 from __future__ import annotations
 
 import shutil
@@ -79,7 +80,7 @@ def test_orders_and_class_filter(inspector, smoke_run):
     np.testing.assert_array_equal(inspector.view_ids, index.sort_values("frac_finetuned", kind="stable").image_id)
     inspector.select(order="misclassified first")
     wrong = (index.label != index.prediction).to_numpy()[inspector.view_ids]
-    assert wrong[: wrong.sum()].all() and not wrong[wrong.sum():].any() and 0 < wrong.sum() < len(index)
+    assert wrong[: wrong.sum()].all() and not wrong[wrong.sum() :].any() and 0 < wrong.sum() < len(index)
     shown = inspector.select(class_name="3", order="loss, highest first")
     threes = index[index.label == 3].sort_values("loss", ascending=False, kind="stable").image_id
     np.testing.assert_array_equal(inspector.view_ids, threes)
@@ -103,13 +104,21 @@ def test_record_and_split_are_loaded_once_and_each_change_draws_once(runs_root, 
         def wrapper(*args, **kwargs):
             calls[name] += 1
             return function(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(widgets, "load_gate_record", counted("record", widgets.load_gate_record))
     monkeypatch.setattr(widgets, "build_datasets", counted("data", widgets.build_datasets))
     inspector = GateInspector(runs_root, run=smoke_run.name)
-    changes = [dict(position=5), dict(class_name="2"), dict(order=ORDERS[2]), dict(layer="layer3.0.conv1"),
-               dict(position=3), dict(class_name="all classes"), dict(order=ORDERS[4])]
+    changes = [
+        dict(position=5),
+        dict(class_name="2"),
+        dict(order=ORDERS[2]),
+        dict(layer="layer3.0.conv1"),
+        dict(position=3),
+        dict(class_name="all classes"),
+        dict(order=ORDERS[4]),
+    ]
     for change in changes:
         inspector.select(**change)
     assert calls == {"record": 1, "data": 1}
@@ -143,5 +152,8 @@ def test_runs_of_one_name_in_different_recipe_folders_are_both_offered(smoke_run
     for recipe in ("defaults", "gates_adamw"):
         shutil.copytree(smoke_run, tmp_path / "adafilter" / recipe / smoke_run.name)
     inspector = GateInspector(tmp_path, run=f"adafilter/gates_adamw/{smoke_run.name}")
-    assert list(inspector.run_picker.options) == [f"adafilter/defaults/{smoke_run.name}", f"adafilter/gates_adamw/{smoke_run.name}"]
+    assert list(inspector.run_picker.options) == [
+        f"adafilter/defaults/{smoke_run.name}",
+        f"adafilter/gates_adamw/{smoke_run.name}",
+    ]
     assert inspector.run_picker.value == f"adafilter/gates_adamw/{smoke_run.name}"

@@ -7,6 +7,7 @@ annotations are COCO-style; file names start with ``data/``. The Decathlon test 
 so the kit's test split is the official validation split and its own validation split is carved
 from the official training split (never from the test images).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,11 @@ from ..errors import KitError
 from .folder import FileImages
 from .splits import Pool
 
-SOURCE = ("download decathlon-1.0-data.tar.gz and decathlon-1.0-devkit.tar.gz from "
-          "https://www.robots.ox.ac.uk/~vgg/decathlon/ into the data root and run "
-          "`python -m adafilter_lib prepare {name}`")
+SOURCE = (
+    "download decathlon-1.0-data.tar.gz and decathlon-1.0-devkit.tar.gz from "
+    "https://www.robots.ox.ac.uk/~vgg/decathlon/ into the data root and run "
+    "`python -m adafilter_lib prepare {name}`"
+)
 
 
 def _split(base: Path, name: str, split: str, categories: list | None) -> tuple[list, FileImages]:

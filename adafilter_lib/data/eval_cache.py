@@ -8,6 +8,7 @@ every epoch. :func:`cached_eval_split` transforms the split once and keeps the f
 transformed ones. Only in-memory image sets (:class:`~.offline.ArrayImages`) are cached: file-backed
 paper datasets are too large to hold.
 """
+
 from __future__ import annotations
 
 import hashlib

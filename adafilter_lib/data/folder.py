@@ -9,6 +9,7 @@ User folders are where corrupt files live, so every image is opened and ``verify
 the dataset is built: the error names the file before training starts instead of crashing it
 mid-epoch. Loading an image that still fails later raises the same one-line :class:`KitError`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,8 +88,9 @@ def _to_8bit(image: Image.Image, path) -> Image.Image:
         return image
     values = np.asarray(image, dtype=np.int64)
     if values.min() < 0 or values.max() > 65535:
-        raise KitError(f"image '{path}' is a 32-bit integer image ({values.min()}..{values.max()}); "
-                       f"save it as 8- or 16-bit, or remove it")
+        raise KitError(
+            f"image '{path}' is a 32-bit integer image ({values.min()}..{values.max()}); save it as 8- or 16-bit, or remove it"
+        )
     return Image.fromarray((values // 257).astype(np.uint8))  # 0..65535 -> 0..255, mode L
 
 
@@ -113,8 +115,9 @@ def is_image_file(path: Path) -> bool:
 
 def images_in(folder: Path) -> list[Path]:
     """The image files anywhere below ``folder``, sorted (so label order is reproducible)."""
-    return sorted(p for p in folder.rglob("*") if is_image_file(p) and not any(
-        part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p for p in folder.rglob("*") if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def class_dirs(root: Path) -> list[Path]:
@@ -145,14 +148,11 @@ def scan_class_folders(root: Path, classes: Optional[list[str]] = None) -> tuple
     for d in dirs:
         if d.name not in index:
             raise KitError(
-                f"class folder '{d}' has no counterpart among the training classes "
-                f"({', '.join(known)}); rename or remove it"
+                f"class folder '{d}' has no counterpart among the training classes ({', '.join(known)}); rename or remove it"
             )
         found = images_in(d)
         if not found:
-            raise KitError(
-                f"class folder '{d}' has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
-            )
+            raise KitError(f"class folder '{d}' has no images ({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
         paths += found
         labels += [index[d.name]] * len(found)
     return list(known), paths, np.asarray(labels, dtype=np.int64)

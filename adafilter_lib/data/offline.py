@@ -8,6 +8,7 @@ Neither set has an official test split, so a fixed stratified 30% of each class 
 test with the constant :data:`~adafilter_lib.data.splits.TEST_SEED`: the test images are the same
 for every run, every method and every ``split_seed``.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

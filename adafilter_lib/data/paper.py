@@ -12,6 +12,7 @@ Archive-backed (the user places the official files under ``DataConfig.root``): `
 ``mit_indoor67`` (``uc_merced_full`` lives in :mod:`.uc_merced`). Nothing here runs at import time; torchvision classes are
 looked up when a loader is called (which also lets tests replace them).
 """
+
 from __future__ import annotations
 
 import re
@@ -52,9 +53,7 @@ def torchvision_dataset(cls_name: str, name: str, root: Path, hint: str, **kwarg
     try:
         return cls(str(root), download=True, **kwargs)
     except Exception as err:  # no network, HTTP errors, checksum mismatches, full disks...
-        raise KitError(
-            f"dataset '{name}' is not under '{root}' and downloading it failed ({_first_line(err)}); {hint}"
-        ) from None
+        raise KitError(f"dataset '{name}' is not under '{root}' and downloading it failed ({_first_line(err)}); {hint}") from None
 
 
 def _private(ds: Any, attr: str) -> Any:
@@ -74,10 +73,14 @@ def _files(ds: Any, classes: list[str]) -> FileImages:
 def load_fgvc_aircraft(cfg) -> Pool:
     """FGVC-Aircraft, 100 variants: the official trainval pool and test split."""
     root = _root(cfg)
-    hint = (f"download fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ "
-            f"and extract it so that '{root / 'fgvc-aircraft-2013b' / 'data'}' exists")
-    trainval, test = (torchvision_dataset("FGVCAircraft", "fgvc_aircraft", root, hint, split=split,
-                                          annotation_level="variant") for split in ("trainval", "test"))
+    hint = (
+        f"download fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/ "
+        f"and extract it so that '{root / 'fgvc-aircraft-2013b' / 'data'}' exists"
+    )
+    trainval, test = (
+        torchvision_dataset("FGVCAircraft", "fgvc_aircraft", root, hint, split=split, annotation_level="variant")
+        for split in ("trainval", "test")
+    )
     classes = list(trainval.classes)
     return Pool(classes, _files(trainval, classes), _files(test, classes))
 
@@ -85,10 +88,13 @@ def load_fgvc_aircraft(cfg) -> Pool:
 def load_dtd(cfg) -> Pool:
     """Describable Textures, partition 1: train + val images form the pool, test is the test split."""
     root = _root(cfg)
-    hint = (f"download dtd-r1.0.1.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/dtd/ and extract it "
-            f"so that '{root / 'dtd' / 'dtd' / 'images'}' and '{root / 'dtd' / 'dtd' / 'labels'}' exist")
-    train, val, test = (torchvision_dataset("DTD", "dtd", root, hint, split=split, partition=1)
-                        for split in ("train", "val", "test"))
+    hint = (
+        f"download dtd-r1.0.1.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/dtd/ and extract it "
+        f"so that '{root / 'dtd' / 'dtd' / 'images'}' and '{root / 'dtd' / 'dtd' / 'labels'}' exist"
+    )
+    train, val, test = (
+        torchvision_dataset("DTD", "dtd", root, hint, split=split, partition=1) for split in ("train", "val", "test")
+    )
     classes = sorted(set(train.classes) | set(val.classes))
     train_files, val_files = _files(train, classes), _files(val, classes)
     pool = FileImages(train_files.paths + val_files.paths, np.concatenate([train_files.labels, val_files.labels]))
@@ -98,8 +104,10 @@ def load_dtd(cfg) -> Pool:
 def _load_caltech256(cfg, n_train: int) -> Pool:
     root = _root(cfg)
     name = f"caltech256_{n_train}"
-    hint = (f"download 256_ObjectCategories.tar from https://data.caltech.edu/records/nyy15-4j048 and extract "
-            f"it so that '{root / 'caltech256' / '256_ObjectCategories'}' exists")
+    hint = (
+        f"download 256_ObjectCategories.tar from https://data.caltech.edu/records/nyy15-4j048 and extract "
+        f"it so that '{root / 'caltech256' / '256_ObjectCategories'}' exists"
+    )
     ds = torchvision_dataset("Caltech256", name, root, hint)
     base = Path(ds.root) / "256_ObjectCategories"
     # "257.clutter" is background, not an object class: the protocol uses the 256 others.
@@ -132,8 +140,10 @@ def load_caltech256_60(cfg) -> Pool:
 def load_omniglot(cfg) -> Pool:
     """Omniglot background set: 964 characters x 20 drawers; drawers 1-15 train, 16-20 test."""
     root = _root(cfg)
-    hint = (f"download images_background.zip from https://github.com/brendenlake/omniglot/tree/master/python "
-            f"and put it, and its extracted images_background/ folder, in '{root / 'omniglot-py'}'")
+    hint = (
+        f"download images_background.zip from https://github.com/brendenlake/omniglot/tree/master/python "
+        f"and put it, and its extracted images_background/ folder, in '{root / 'omniglot-py'}'"
+    )
     ds = torchvision_dataset("Omniglot", "omniglot", root, hint, background=True)
     target = Path(ds.target_folder)
     classes, split_paths, split_labels = [], ([], []), ([], [])
@@ -145,8 +155,9 @@ def load_omniglot(cfg) -> Pool:
                 # File names are "<image id>_<drawer>.png" with drawers 01..20.
                 drawer = path.stem.rsplit("_", 1)[-1]
                 if not drawer.isdigit():
-                    raise KitError(f"omniglot file '{path}' is not named <id>_<drawer>.png; "
-                                   "extract the official images_background.zip again")
+                    raise KitError(
+                        f"omniglot file '{path}' is not named <id>_<drawer>.png; extract the official images_background.zip again"
+                    )
                 part = 0 if int(drawer) <= 15 else 1
                 split_paths[part].append(path)
                 split_labels[part].append(label)
@@ -164,8 +175,10 @@ def _read_list(path: Path) -> list[str]:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise KitError(f"reading '{path}' needs scipy (pip install scipy); or write "
-                       f"{path.with_suffix('.txt').name} with one image path per line instead") from None
+        raise KitError(
+            f"reading '{path}' needs scipy (pip install scipy); or write "
+            f"{path.with_suffix('.txt').name} with one image path per line instead"
+        ) from None
     # file_list is an (N, 1) cell array of 1-element string arrays, e.g. "n02085620-Chihuahua/x.jpg".
     return [str(np.asarray(entry).ravel()[0]) for entry in loadmat(str(path))["file_list"].ravel()]
 
@@ -182,8 +195,10 @@ def _listed(images: Path, names: list[str], list_file: Path) -> FileImages:
         else:
             missing.append(rel)
     if missing:
-        raise KitError(f"{len(missing)} image(s) listed in '{list_file}' are missing from '{images}' "
-                       f"(first: '{missing[0]}'); extract the official image archive there again")
+        raise KitError(
+            f"{len(missing)} image(s) listed in '{list_file}' are missing from '{images}' "
+            f"(first: '{missing[0]}'); extract the official image archive there again"
+        )
     return FileImages(paths, labels)
 
 
@@ -201,15 +216,24 @@ def _load_listed(name: str, base: Path, train_list: str, test_list: str, needs: 
 
 def load_stanford_dogs(cfg) -> Pool:
     """Stanford Dogs (120 breeds) from ``<root>/stanford_dogs/{Images/, train_list.mat, test_list.mat}``."""
-    return _load_listed("stanford_dogs", _root(cfg) / "stanford_dogs", "train_list.mat", "test_list.mat",
-                        "Images/ and train_list.mat, test_list.mat (or train_list.txt, test_list.txt)",
-                        "download images.tar and lists.tar from http://vision.stanford.edu/aditya86/ImageNetDogs/ "
-                        "and extract both there")
+    return _load_listed(
+        "stanford_dogs",
+        _root(cfg) / "stanford_dogs",
+        "train_list.mat",
+        "test_list.mat",
+        "Images/ and train_list.mat, test_list.mat (or train_list.txt, test_list.txt)",
+        "download images.tar and lists.tar from http://vision.stanford.edu/aditya86/ImageNetDogs/ and extract both there",
+    )
 
 
 def load_mit_indoor67(cfg) -> Pool:
     """MIT Indoor-67 from ``<root>/mit_indoor67/{Images/, TrainImages.txt, TestImages.txt}``."""
-    return _load_listed("mit_indoor67", _root(cfg) / "mit_indoor67", "TrainImages.txt", "TestImages.txt",
-                        "Images/, TrainImages.txt and TestImages.txt",
-                        "download indoorCVPR_09.tar, TrainImages.txt and TestImages.txt from "
-                        "https://web.mit.edu/torralba/www/indoor.html and put them (the archive extracted) there")
+    return _load_listed(
+        "mit_indoor67",
+        _root(cfg) / "mit_indoor67",
+        "TrainImages.txt",
+        "TestImages.txt",
+        "Images/, TrainImages.txt and TestImages.txt",
+        "download indoorCVPR_09.tar, TrainImages.txt and TestImages.txt from "
+        "https://web.mit.edu/torralba/www/indoor.html and put them (the archive extracted) there",
+    )

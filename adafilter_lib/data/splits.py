@@ -9,6 +9,7 @@ carving is cheap, easy to test, and identical on every machine. Two different se
 * ``DataConfig.split_seed`` for the labelled train/validation carving. The run seed (weight init,
   batch order) never enters, so changing it cannot move an image between splits.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence

@@ -17,6 +17,7 @@ The evaluation transform of natural images resizes the shorter side to ``R * 8 /
 the centre ``R x R`` (the ImageNet 256→224 ratio); digit-like sets are resized to ``R x R``
 directly, since cropping would cut off strokes that touch the border.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -70,9 +71,7 @@ def _finish(mean: Sequence[float], std: Sequence[float]) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-def eval_transform(
-    resolution: int, mean: Sequence[float], std: Sequence[float], natural: bool = True
-) -> v2.Compose:
+def eval_transform(resolution: int, mean: Sequence[float], std: Sequence[float], natural: bool = True) -> v2.Compose:
     """The deterministic transform used for validation, test and clean train-error numbers.
 
     Args:

@@ -15,6 +15,7 @@ The split was carved once by :func:`carve_test_split` (stratified, seed ``TEST_S
 ``airplane01`` and ``airplane02`` are the same picture in the release, so the carving keeps them on one
 side. ``write_compact_copy`` rebuilt the bundled copy from the release (see ``data/README.md``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,12 +31,14 @@ from .folder import FileImages, class_dirs, images_in, unreadable_image
 from .offline import ArrayImages
 from .splits import TEST_SEED, Pool, stratified_holdout
 
-COMPACT_SIZE = 128           # side of the bundled images (the release's 256 px halved)
-COMPACT_QUALITY = 85         # JPEG quality of the bundled images (~12 MB for all 2,100)
+COMPACT_SIZE = 128  # side of the bundled images (the release's 256 px halved)
+COMPACT_QUALITY = 85  # JPEG quality of the bundled images (~12 MB for all 2,100)
 TEST_PER_CLASS_FRACTION = 0.2
 DUPLICATE_PAIR = ("airplane01", "airplane02")  # pixel-identical in the release: never split apart
-RELEASE_HINT = ("download UCMerced_LandUse.zip from http://weegee.vision.ucmerced.edu/datasets/landuse.html and "
-                "run `python -m adafilter_lib prepare uc_merced_full --root DIR`, or put class folders under DIR/uc_merced/")
+RELEASE_HINT = (
+    "download UCMerced_LandUse.zip from http://weegee.vision.ucmerced.edu/datasets/landuse.html and "
+    "run `python -m adafilter_lib prepare uc_merced_full --root DIR`, or put class folders under DIR/uc_merced/"
+)
 
 
 def bundled_dir() -> Path:
@@ -43,7 +46,7 @@ def bundled_dir() -> Path:
     return Path(str(resources.files("adafilter_lib.data") / "bundled" / "uc_merced"))
 
 
-SPLIT_FILE = "split.csv"      # columns: stem, class, split ("train" / "test"), inside bundled_dir()
+SPLIT_FILE = "split.csv"  # columns: stem, class, split ("train" / "test"), inside bundled_dir()
 
 
 def carve_test_split(stems: list[str], labels: np.ndarray, classes: list[str]) -> set[str]:
@@ -122,8 +125,10 @@ def release_folder(root: Path) -> Path:
     for candidate in (root / "UCMerced_LandUse" / "Images", root / "uc_merced"):
         if candidate.is_dir() and class_dirs(candidate):
             return candidate
-    raise KitError(f"dataset 'uc_merced_full' is not under '{root}' (UCMerced_LandUse/Images/<class>/*.tif or "
-                   f"uc_merced/<class>/*.jpg); {RELEASE_HINT}; the offline dataset 'uc_merced' needs no download")
+    raise KitError(
+        f"dataset 'uc_merced_full' is not under '{root}' (UCMerced_LandUse/Images/<class>/*.tif or "
+        f"uc_merced/<class>/*.jpg); {RELEASE_HINT}; the offline dataset 'uc_merced' needs no download"
+    )
 
 
 def load_full_pool(cfg) -> Pool:
@@ -139,8 +144,10 @@ def load_full_pool(cfg) -> Pool:
         classes.append(folder_class.name)
         for path in images_in(folder_class):
             if split.get(path.stem, ("", ""))[0] != folder_class.name:
-                raise KitError(f"'{path}' is not an image of the UC Merced release's class '{folder_class.name}' "
-                               f"(stems <class>00-<class>99); remove it, or load the folder as folder:{folder}")
+                raise KitError(
+                    f"'{path}' is not an image of the UC Merced release's class '{folder_class.name}' "
+                    f"(stems <class>00-<class>99); remove it, or load the folder as folder:{folder}"
+                )
             paths.append(path)
             labels.append(len(classes) - 1)
     train, test = _split_indices([p.stem for p in paths])
@@ -148,8 +155,7 @@ def load_full_pool(cfg) -> Pool:
     return Pool(classes, pool.subset(train), pool.subset(test))
 
 
-def write_compact_copy(source: str | Path, dest: str | Path, size: int = COMPACT_SIZE,
-                       quality: int = COMPACT_QUALITY) -> int:
+def write_compact_copy(source: str | Path, dest: str | Path, size: int = COMPACT_SIZE, quality: int = COMPACT_QUALITY) -> int:
     """Rebuild the compact copy from a full-resolution release: square centre crop, resize, JPEG; and the split.
 
     The 44 release images that are not 256 x 256 (242-257 px a side) are cropped to their shorter side

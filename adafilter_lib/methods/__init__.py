@@ -5,6 +5,7 @@ The training loop (:mod:`adafilter_lib.engine`) is the same for every method; a
 parameters train, the optimizer's parameter groups, train/eval mode of each part, and an optional
 extra loss term. ``METHODS`` maps each name to its class.
 """
+
 from __future__ import annotations
 
 from ..config import RunConfig
@@ -15,8 +16,9 @@ from .fine_pruning import PRUNING_METHODS
 from .regularizers import REGULARIZER_METHODS
 from .spottune import SpotTune
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Method, LinearProbe, L2SP, Scratch, *ADAFILTER_METHODS, *PRUNING_METHODS,
-                                                   *REGULARIZER_METHODS, SpotTune)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (Method, LinearProbe, L2SP, Scratch, *ADAFILTER_METHODS, *PRUNING_METHODS, *REGULARIZER_METHODS, SpotTune)
+}
 
 
 def method_names() -> list[str]:

@@ -10,6 +10,7 @@ fine-tuning), ``adafilter_all_finetuned`` (every gate 1: fine-tuning with gated 
 ``adafilter_all_pretrained`` (every gate 0: frozen gated filters), ``adafilter_no_gated_bn`` (one BN
 after mixing) and ``adafilter_soft`` (continuous gates).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,13 @@ class AdaFilter(Method):
             model.gate_warmup.fill_(epoch < self.options.gate_warmup_epochs)
 
     def param_groups(self, model: AdaFilterModel) -> list[dict]:
-        groups = _groups({"finetuned": (model.features, self.cfg.optim.lr), "gate_net": (model.gate_net, self.options.gate_lr),
-                          "head": (model.head, self.cfg.optim.head_lr)})
+        groups = _groups(
+            {
+                "finetuned": (model.features, self.cfg.optim.lr),
+                "gate_net": (model.gate_net, self.options.gate_lr),
+                "head": (model.head, self.cfg.optim.head_lr),
+            }
+        )
         if self.options.gates != "learned":  # fixed gates: the gate network would get no gradient
             return [g for g in groups if g["name"] != "gate_net"]
         for group in groups:

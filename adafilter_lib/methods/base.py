@@ -11,6 +11,7 @@ train/eval mode of each part, and an optional extra loss term.
 - ``scratch``: the same network from random initialization, every group at ``optim.head_lr``
   (a random backbone needs the larger rate); the reference that shows what pretraining buys.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -84,7 +85,7 @@ class L2SP(Method):
     def extra_loss(self, model: TransferModel, output: ModelOutput) -> torch.Tensor:
         alpha, beta = self.cfg.method.l2sp.alpha, self.cfg.method.l2sp.beta
         drift = sum(((p - self.reference[name].to(p.device)) ** 2).sum() for name, p in model.features.named_parameters())
-        head = sum((p ** 2).sum() for p in model.head.parameters())
+        head = sum((p**2).sum() for p in model.head.parameters())
         return 0.5 * alpha * drift + 0.5 * beta * head
 
 

@@ -5,6 +5,7 @@ Both run their own schedule (rounds of Bayesian-optimized pruning trials; dense,
 so that names, configs and tables treat them like every other method; the one-epoch-at-a-time loop
 of :func:`adafilter_lib.trainer.fit` cannot run them and stops with a one-line pointer to the command.
 """
+
 from __future__ import annotations
 
 from ..errors import KitError
@@ -14,8 +15,10 @@ from .base import Method
 
 class _PruningMethod(Method):
     def build_model(self, model: TransferModel) -> TransferModel:
-        raise KitError(f"method '{self.name}' runs its own pruning schedule; run it with "
-                       f"`python -m adafilter_lib prune --method {self.name} ...` (or adafilter_lib.pruning_study.run_pruning)")
+        raise KitError(
+            f"method '{self.name}' runs its own pruning schedule; run it with "
+            f"`python -m adafilter_lib prune --method {self.name} ...` (or adafilter_lib.pruning_study.run_pruning)"
+        )
 
 
 class FinePruning(_PruningMethod):

@@ -13,6 +13,7 @@
   before the test split) every backbone tensor becomes ``(1 - a) * w_pretrained + a * w_finetuned``
   (BN statistics too). The new head stays fine-tuned: there is no zero-shot head to mix it with.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,13 @@ from ..model import ModelOutput, TransferModel, backbone_spec
 from .base import Method
 
 # Stage outputs DELTA compares (the last block of each resolution stage).
-TAP_LAYERS = {"resnet18": ("layer1", "layer2", "layer3", "layer4"), "resnet34": ("layer1", "layer2", "layer3", "layer4"),
-              "resnet50": ("layer1", "layer2", "layer3", "layer4"), "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
-              "mobilenet_v2": ("features.3", "features.6", "features.13", "features.17")}
+TAP_LAYERS = {
+    "resnet18": ("layer1", "layer2", "layer3", "layer4"),
+    "resnet34": ("layer1", "layer2", "layer3", "layer4"),
+    "resnet50": ("layer1", "layer2", "layer3", "layer4"),
+    "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4", "blocks.6"),
+    "mobilenet_v2": ("features.3", "features.6", "features.13", "features.17"),
+}
 
 
 @contextlib.contextmanager
@@ -71,7 +76,9 @@ def bss_penalty(features: torch.Tensor, k: int) -> torch.Tensor:
     return (singular[-k:] ** 2).sum()
 
 
-def delta_distance(taps: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], attention: dict[str, torch.Tensor]) -> torch.Tensor:
+def delta_distance(
+    taps: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], attention: dict[str, torch.Tensor]
+) -> torch.Tensor:
     """``0.5 * sum_l sum_j C_l * W_lj * mean_b mean_hw (A - A0)^2`` (uniform attention weighs every channel by 1).
 
     Shape:
@@ -104,7 +111,9 @@ class Delta(Method):
         if opts.attention == "uniform" or not model.tap_names:
             self.attention = {}
         else:
-            self.attention = channel_attention(self.reference, model.tap_names, *self._attention_data(model, opts.attention_images))
+            self.attention = channel_attention(
+                self.reference, model.tap_names, *self._attention_data(model, opts.attention_images)
+            )
 
     def _attention_data(self, model: TapModel, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         from ..data import build_datasets
@@ -118,7 +127,7 @@ class Delta(Method):
 
     def extra_loss(self, model: TapModel, output: ModelOutput) -> Optional[torch.Tensor]:
         opts = self.cfg.method.delta
-        head = 0.5 * opts.beta * sum((p ** 2).sum() for p in model.head.parameters())
+        head = 0.5 * opts.beta * sum((p**2).sum() for p in model.head.parameters())
         if not model.taps:
             return head
         self.reference.train(model.training)
@@ -128,7 +137,9 @@ class Delta(Method):
         return opts.alpha * delta_distance(model.taps, reference, attention) + head
 
 
-def channel_attention(reference: nn.Module, names: tuple[str, ...], images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def channel_attention(
+    reference: nn.Module, names: tuple[str, ...], images: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """DELTA's channel attention: per stage, softmax over channels of the (first-order) loss increase when dropped.
 
     A logistic-regression head is fit on the pretrained pooled features of ``images``; then one backward

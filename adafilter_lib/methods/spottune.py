@@ -11,6 +11,7 @@ in evaluation mode (ImageNet BN statistics), so forcing every gate to 0 gives th
 network. The model returns ``ModelOutput(logits, gates)`` with ``gates[block]`` of shape (B, 1), so
 the gate statistics and per-image records of AdaFilter work unchanged.
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,11 @@ class SpotTuneModel(TransferModel):
     def __init__(self, base: TransferModel, cfg: SpotTuneConfig):
         nn.Module.__init__(self)  # adopt base's modules as they are (no new head, no RNG draws)
         self.features, self.dropout, self.head = base.features, base.dropout, base.head
-        self.block_names = [f"{stage}.{i}" for stage in ("layer1", "layer2", "layer3", "layer4")
-                            for i in range(len(getattr(base.features, stage)))]
+        self.block_names = [
+            f"{stage}.{i}"
+            for stage in ("layer1", "layer2", "layer3", "layer4")
+            for i in range(len(getattr(base.features, stage)))
+        ]
         self.frozen = nn.ModuleList(copy.deepcopy(self.features.get_submodule(n)) for n in self.block_names)
         self.frozen.requires_grad_(False)
         self.policy = PolicyNet(len(self.block_names), cfg.policy_width)
@@ -92,7 +96,7 @@ class SpotTuneModel(TransferModel):
             g = gates[:, i].to(x.dtype)[:, None, None, None]  # (B, 1, 1, 1)
             x = (1 - g) * frozen(x) + g * f.get_submodule(name)(x)
         pooled = torch.flatten(f.avgpool(x), 1)  # (B, D)
-        return ModelOutput(self.head(self.dropout(pooled)), {n: gates[:, i:i + 1] for i, n in enumerate(self.block_names)})
+        return ModelOutput(self.head(self.dropout(pooled)), {n: gates[:, i : i + 1] for i, n in enumerate(self.block_names)})
 
 
 class SpotTune(Method):
@@ -100,7 +104,9 @@ class SpotTune(Method):
 
     def build_model(self, model: TransferModel) -> SpotTuneModel:
         if self.cfg.model.backbone not in SUPPORTED_BACKBONES:
-            raise KitError(f"spottune needs a ResNet backbone; got '{self.cfg.model.backbone}', supported: {', '.join(SUPPORTED_BACKBONES)}")
+            raise KitError(
+                f"spottune needs a ResNet backbone; got '{self.cfg.model.backbone}', supported: {', '.join(SUPPORTED_BACKBONES)}"
+            )
         return SpotTuneModel(model, self.cfg.method.spottune).to(next(model.parameters()).device)
 
     def prepare(self, model: SpotTuneModel) -> None:
@@ -108,8 +114,13 @@ class SpotTune(Method):
         model.frozen.requires_grad_(False)
 
     def param_groups(self, model: SpotTuneModel) -> list[dict]:
-        return _groups({"backbone": (model.features, self.cfg.optim.lr), "policy": (model.policy, self.cfg.method.spottune.policy_lr),
-                        "head": (model.head, self.cfg.optim.head_lr)})
+        return _groups(
+            {
+                "backbone": (model.features, self.cfg.optim.lr),
+                "policy": (model.policy, self.cfg.method.spottune.policy_lr),
+                "head": (model.head, self.cfg.optim.head_lr),
+            }
+        )
 
     def train_mode(self, model: SpotTuneModel) -> None:
         model.train()
