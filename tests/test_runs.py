@@ -62,3 +62,41 @@ def test_a_run_trained_by_another_process_is_refused_with_one_line_and_left_alon
         assert not runs.staging_dir(tiny_cfg.run_dir()).exists()  # nothing of the other run's folder touched
     summary = fit(tiny_cfg, progress=False)  # once the other process is gone, the run trains
     assert runs.is_finished(tiny_cfg.run_dir()) and "top1_err" in summary and not lock_path.exists()
+
+
+def test_two_identical_train_commands_started_together_leave_one_run_and_one_refusal(tmp_path):
+    import subprocess
+    import sys
+
+    args = [
+        sys.executable,
+        "-m",
+        "adafilter_lib",
+        "train",
+        "--dataset",
+        "digits",
+        "--backbone",
+        "resnet18",
+        "--epochs",
+        "4",
+        "--runs",
+        str(tmp_path),
+        "--no-progress",
+        "--set",
+        "data.n_per_class=10",
+        "data.resolution=32",
+        "model.pretrained=false",
+        "device=cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    run = tmp_path / "digits__finetune__resnet18__s0"
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "metrics.jsonl", "summary.json"]
+    assert not runs.staging_dir(run).exists()
+    if codes == [0, 2]:  # the usual case: the second stops with one line while the first trains
+        refusal = next(err for code, _, err in results if code == 2)
+        assert "being trained by another process" in refusal and len(refusal.strip().splitlines()) == 1
+    else:  # the second reached the lock only after the first had finished: it reuses the finished run
+        assert codes == [0, 0] and all("top1_err" in out for _, out, _ in results)
