@@ -23,7 +23,7 @@ EXAMPLES = """examples:
   python -m adafilter_lib table --runs runs --out results/my_study
   python -m adafilter_lib table --runs runs --out results/my_study --metric test_frac_finetuned
   python -m adafilter_lib demo
-  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml   # lr chosen on validation per method, then 3 seeds
+  python -m adafilter_lib tune studies/uc_merced_few   # lr chosen on validation per method, then 3 seeds
   python -m adafilter_lib bench --backbone resnet18 --res 64 --batch 32 --also adafilter_all_finetuned
   python -m adafilter_lib bench-table                 # every record in results/bench as a markdown table
   python -m adafilter_lib drift --runs runs/demo --out results/drift.csv

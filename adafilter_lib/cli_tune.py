@@ -17,10 +17,12 @@ def _add_tune(sub) -> None:
         "seeds there, and write cells.csv, comparison.{csv,md}, per-row tables and a README. "
         "Resumable: run the same command again after an interruption.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml --dry-run\n"
-        "  python -m adafilter_lib tune configs/studies/uc_merced_few.yaml --rows finetune adafilter",
+        epilog="examples:\n  python -m adafilter_lib tune studies/uc_merced_few --dry-run\n"
+        "  python -m adafilter_lib tune studies/uc_merced_few --rows finetune adafilter",
     )
-    p.add_argument("recipe", help="study recipe (YAML; see configs/studies/)")
+    p.add_argument(
+        "recipe", help="study recipe: a YAML file, or one shipped with the kit (studies/uc_merced_few, studies/uc_merced_full)"
+    )
     p.add_argument("--rows", nargs="+", help="only these rows (the reference row is kept)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the state of every selection run, train nothing")
     p.add_argument(

@@ -168,6 +168,15 @@ def resolve_config(name: str | Path) -> Path:
     )
 
 
+def display_path(path: str | Path) -> str:
+    """A config path as a README shows it: ``adafilter_lib/configs/...`` for a packaged one (no machine path)."""
+    package = Path(str(resources.files("adafilter_lib"))).resolve()
+    try:
+        return (Path("adafilter_lib") / Path(path).resolve().relative_to(package)).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
 def read_yaml(path: str | Path, what: str, hint: str) -> Any:
     """The parsed YAML file at ``path`` (``{}`` when empty); a one-line KitError naming ``what`` if it is
     missing (ending with ``hint``) or not valid YAML."""

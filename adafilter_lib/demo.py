@@ -55,7 +55,7 @@ def demo_study(
         adafilter_recipes: only these AdaFilter recipes (``gates_adamw``, ``defaults``); one recipe means no choice.
     """
     study = load_study(Path(str(resources.files("adafilter_lib") / "configs" / DEMO_RECIPE)))
-    changes: dict = {"overrides": tuple(overrides), "recipe": f"adafilter_lib/configs/{DEMO_RECIPE}"}  # no machine path
+    changes: dict = {"overrides": tuple(overrides)}
     if runs_root is not None:
         changes["runs_root"] = runs_root
     if out_dir is not None:

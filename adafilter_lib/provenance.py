@@ -34,7 +34,7 @@ def code_version() -> dict:
 
     from . import __version__
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".")  # the package only: tables are not code
     versions = {}
     for name in PACKAGES:
         try:

@@ -1,4 +1,4 @@
-"""Selection-study recipes: the YAML format of ``configs/studies/*.yaml`` and the run configs it defines.
+"""Selection-study recipes: the YAML format of ``adafilter_lib/configs/studies/*.yaml`` and the run configs it defines.
 
 A recipe has rows (a method with its own settings) and, per row, cells: the cartesian product of a
 learning-rate ``grid`` and optional named ``variants`` (alternative recipes). Keys: ``base`` (a packaged
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import RunConfig, load_config, read_yaml, resolve_config
+from .config import RunConfig, display_path, load_config, read_yaml, resolve_config
 from .errors import KitError
 
 SELECT_RULES = ("first", "all")
@@ -75,9 +75,10 @@ def expand_cells(grid: Optional[dict], variants: Optional[dict]) -> dict[str, tu
 
 
 def load_study(path: str | Path) -> Study:
-    """Read and check a study recipe; every cell's config is validated before anything trains."""
-    path = Path(path)
-    spec = read_yaml(path, "study recipe", "pass a YAML file such as configs/studies/uc_merced_few.yaml")
+    """Read and check a study recipe (a YAML path, or a packaged name such as ``studies/uc_merced_few``);
+    every cell's config is validated before anything trains."""
+    path = resolve_config(path)
+    spec = read_yaml(path, "study recipe", "pass a YAML file or a packaged recipe such as studies/uc_merced_few")
     known = {"base", "set", "datasets", "seeds", "select", "reference", "runs", "out", "rows"}
     if not isinstance(spec, dict) or set(spec) - known or "rows" not in spec or "datasets" not in spec:
         raise KitError(f"study recipe '{path}' must be a mapping with 'datasets' and 'rows' (keys: {', '.join(sorted(known))})")
@@ -100,7 +101,7 @@ def load_study(path: str | Path) -> Study:
         str(spec.get("runs", f"runs/{path.stem}")),
         str(spec.get("out", f"results/{path.stem}")),
         rows,
-        str(path),
+        display_path(path),
         per_task,
     )
     check_study(study)

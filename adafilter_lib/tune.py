@@ -1,6 +1,6 @@
 """Selection studies: every method gets the same tuning budget, and its setting is chosen on validation only.
 
-A study is a YAML recipe (``configs/studies/*.yaml``; :func:`load_study`) with rows (a method with its
+A study is a YAML recipe (``adafilter_lib/configs/studies/*.yaml``, or any file; :func:`load_study`) with rows (a method with its
 own settings) and, per row, cells: the cartesian product of a learning-rate ``grid`` and optional named
 ``variants`` (alternative recipes). For each (row, dataset) the cell with the lowest validation error
 is kept (:func:`choose_cell`; the rule is written below), and the row's seeds are trained at that cell.
