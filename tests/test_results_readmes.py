@@ -1,0 +1,26 @@
+"""Every committed results folder says how it was produced: a README naming the command (and recipe)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+FOLDERS = sorted(p for p in RESULTS.iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_every_results_folder_has_a_readme_naming_its_command(folder):
+    readme = folder / "README.md"
+    assert readme.is_file(), f"{folder} has no README.md"
+    text = readme.read_text()
+    assert re.search(r"python -m adafilter_lib (demo|tune|table|bench|prune-bench|prune|sweep|train|compact)\b", text), readme
+
+
+def test_every_recipe_a_results_readme_names_exists():
+    root = RESULTS.parent
+    named = set()
+    for readme in RESULTS.rglob("README.md"):
+        named |= set(re.findall(r"adafilter_lib/configs/[\w/]+\.yaml", readme.read_text()))
+    assert named, "no results README names a recipe file"
+    assert [n for n in sorted(named) if not (root / n).is_file()] == []
