@@ -17,6 +17,16 @@ from .errors import KitError
 EVENTS_DIR = "tensorboard"
 
 
+def require_tensorboard() -> None:
+    """Raise a one-line KitError unless the tensorboard package can be imported (checked before a run starts)."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise KitError(
+            'log_tensorboard=true needs the tensorboard package: pip install -e ".[tensorboard]" (or set log_tensorboard=false)'
+        ) from None
+
+
 class EpochLogger:
     """Writes the numbers of each epoch's ``metrics.jsonl`` record as TensorBoard scalars.
 
@@ -25,13 +35,9 @@ class EpochLogger:
     """
 
     def __init__(self, run_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise KitError(
-                'log_tensorboard=true needs the tensorboard package: pip install -e ".[tensorboard]" '
-                "(or set log_tensorboard=false)"
-            ) from None
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(str(Path(run_dir) / EVENTS_DIR))
 
     def log(self, record: dict) -> None:

@@ -31,7 +31,7 @@ from .gates import USAGE_FILE, GateRecorder, GateStats, GateSummary
 from .methods import build_method
 from .model import backbone_spec, build_transfer_model
 from .provenance import provenance
-from .tb_log import closing_logger, epoch_logger
+from .tb_log import closing_logger, epoch_logger, require_tensorboard
 
 EpochHook = Callable[[int, dict], None]
 
@@ -138,6 +138,8 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
         runs.refuse_other_settings(cfg, staging, "resume it with its own settings, or --force to start over")
 
     method, splits, model = prepare_run(cfg)
+    if cfg.log_tensorboard:
+        require_tensorboard()  # before anything is written
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
     else:
