@@ -21,6 +21,7 @@ from typing import Optional
 
 import pandas as pd
 
+from .errors import KitError
 from .provenance import one_line
 from .records import runs_of
 from .results import error_table, export_table, table_stem
@@ -101,6 +102,11 @@ def _fraction(value) -> str:
 def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFrame:
     """Write every file of the module docstring under ``study.out_dir``; returns the comparison table."""
     out = Path(study.out_dir)
+    if not records:
+        raise KitError(
+            f"no run of this study has finished under '{study.runs_root}'; train some first (the same command "
+            f"without --tables-only)"
+        )
     frame = pd.DataFrame(records)
     atomic_write_text(out / "cells.csv", frame.drop(columns=["run_dir"]).to_csv(index=False, lineterminator="\n"))
     for row in study.rows:

@@ -129,3 +129,5 @@ def test_tune_cli_dry_run_and_tables_only_on_an_unfinished_study(tmp_path, capsy
     assert "to do" in capsys.readouterr().out
     assert cli.main(["tune", recipe, "--rows", "nope"]) == 2
     assert "unknown row" in capsys.readouterr().err
+    assert cli.main(["tune", recipe, "--tables-only"]) == 2  # nothing trained yet: one line, no traceback
+    assert "no run of this study has finished" in capsys.readouterr().err
