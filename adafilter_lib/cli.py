@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from . import __version__, cli_paper, cli_pruning, cli_tune
+from . import __version__, cli_analysis, cli_paper, cli_pruning, cli_tune
 from .cli_args import add_run_options, config_from_args
 from .errors import KitError
 
@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   python -m adafilter_lib bench-table                 # every record in results/bench as a markdown table
   python -m adafilter_lib drift --runs runs/demo --out results/drift.csv
   python -m adafilter_lib counterfactual --runs runs/demo   # AdaFilter runs with every gate 1 / 0 instead
+  python -m adafilter_lib usage --runs runs/demo        # AdaFilter runs: per-layer share of fine-tuned choices
 """
 
 
@@ -199,68 +200,6 @@ def _cmd_bench_table(args) -> int:
     return 0
 
 
-def _add_drift(sub) -> None:
-    p = sub.add_parser("drift", help="AdaFilter runs: how far fine-tuned filters moved, by how often their gate chose them")
-    p.add_argument("--runs", dest="runs_root", default="runs", help="folder searched for finished runs (default: runs)")
-    p.add_argument("--out", help="CSV file for the per-run table (default: print the summary only)")
-
-
-def _cmd_drift(args) -> int:
-    from .records import drift_by_selection
-    from .runs import atomic_write_text
-
-    table = drift_by_selection(args.runs_root)
-    summary = table.groupby(["method", "dataset", "band"], sort=False)[["share", "median_drift"]].mean()
-    print(
-        "Share of gated filters per test selection band and their median relative drift "
-        "||W_ft - W_pre|| / ||W_pre|| (mean over runs):\n"
-    )
-    print(summary.reset_index().to_markdown(index=False, floatfmt=".3f"))
-    if args.out:
-        atomic_write_text(Path(args.out), table.to_csv(index=False))
-        print(f"written: {args.out}")
-    return 0
-
-
-def _add_counterfactual(sub) -> None:
-    p = sub.add_parser(
-        "counterfactual", help="AdaFilter runs re-evaluated with every gate 1 / every gate 0: does the selection help?"
-    )
-    p.add_argument("--runs", dest="runs_root", default="runs", help="folder searched for finished runs (default: runs)")
-    overrides = ("learned", "ones", "zeros")  # counterfactual.GATE_OVERRIDES (not imported: --help stays torch-free)
-    p.add_argument(
-        "--gates",
-        nargs="+",
-        default=list(overrides),
-        choices=overrides,
-        help="the gate settings to evaluate (default: all three)",
-    )
-    p.add_argument(
-        "--recalibrate",
-        action="store_true",
-        help="re-estimate BN statistics on the training split under each override (default: keep the run's)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--out", help="CSV file for the per-run table (default: print the summary only)")
-
-
-def _cmd_counterfactual(args) -> int:
-    from .counterfactual import counterfactual_table
-    from .runs import atomic_write_text
-
-    table = counterfactual_table(args.runs_root, args.gates, args.recalibrate, progress=not args.no_progress)
-    summary = table.groupby(["method", "dataset", "gates"], sort=False)[["val_top1_err", "top1_err", "val_frac_finetuned"]]
-    print(
-        f"Error (%) of each AdaFilter run's weights under its learned gates and with every gate forced "
-        f"(mean over {table['run_dir'].nunique()} runs; choose by val_top1_err only):\n"
-    )
-    print(summary.mean().reset_index().to_markdown(index=False, floatfmt=".2f"))
-    if args.out:
-        atomic_write_text(Path(args.out), table.to_csv(index=False))
-        print(f"written: {args.out}")
-    return 0
-
-
 def _cmd_list(args) -> int:
     from .data import dataset_names
     from .methods import method_names
@@ -288,8 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_bench(sub)
     _add_bench_table(sub)
-    _add_drift(sub)
-    _add_counterfactual(sub)
+    cli_analysis.add_parsers(sub)
     cli_paper.add_parsers(sub)
     cli_pruning.add_parsers(sub)
     cli_tune.add_parsers(sub)
@@ -303,9 +241,8 @@ COMMANDS = {
     "demo": _cmd_demo,
     "bench": _cmd_bench,
     "bench-table": _cmd_bench_table,
-    "drift": _cmd_drift,
-    "counterfactual": _cmd_counterfactual,
     "list": _cmd_list,
+    **cli_analysis.COMMANDS,
     **cli_paper.COMMANDS,
     **cli_pruning.COMMANDS,
     **cli_tune.COMMANDS,

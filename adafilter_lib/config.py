@@ -163,8 +163,8 @@ def resolve_config(name: str | Path) -> Path:
     if packaged.is_file():
         return packaged
     raise KitError(
-        f"config '{name}' is neither a YAML file nor a config shipped with the kit (demo, "
-        f"paper/<dataset>, e.g. paper/dtd); check the path"
+        f"config '{name}' not found: neither a YAML file nor a config shipped with the kit (demo, "
+        f"paper/<dataset>, studies/<study>, e.g. paper/dtd); check the path"
     )
 
 

@@ -171,3 +171,15 @@ def test_drift_command_writes_the_per_run_table(root, tmp_path, capsys):
     written = pd.read_csv(out)
     np.testing.assert_allclose(written.share, records.drift_by_selection(root).share)
     assert "almost always (> 95 %)" in capsys.readouterr().out
+
+
+def test_usage_command_writes_the_per_layer_rows_of_every_gated_run(root, tmp_path, capsys):
+    from adafilter_lib.cli import main
+
+    out = tmp_path / "usage.csv"
+    assert main(["usage", "--runs", str(root), "--out", str(out)]) == 0
+    written = pd.read_csv(out)
+    assert written.run_dir.map(lambda d: d.endswith("a_ada")).all() and len(written) == 1  # the "all" row only
+    assert written[["layer", "frac_finetuned", "frac_std", "images"]].values.tolist() == [["l1", 0.75, 0.25, 2]]
+    assert "0.750" in capsys.readouterr().out
+    assert main(["usage", "--runs", str(tmp_path / "none")]) == 2  # no gated run: a one-line error
