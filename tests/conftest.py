@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adafilter_lib import study
-from adafilter_lib.config import load_config
+from adafilter_lib.core.config import load_config
+from adafilter_lib.studies import study
 
 torch.set_num_threads(2)
 

@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from adafilter_lib.adafilter import AdaFilterModel, GatedSite
-from adafilter_lib.config import load_config
+from adafilter_lib.adafilter.network import AdaFilterModel, GatedSite
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.model import build_transfer_model
 from adafilter_lib.methods import build_method
-from adafilter_lib.model import build_transfer_model
 
 GATED_COUNTS = {"resnet18": 19, "mobilenet_v2": 50, "efficientnet_lite0": 47}
 
@@ -70,8 +70,8 @@ def test_all_finetuned_gates_reproduce_a_plain_network_with_the_finetuned_filter
 def _pairs(reference):
     import re
 
-    from adafilter_lib.adafilter import trace_conv_bn_pairs
-    from adafilter_lib.model import backbone_spec
+    from adafilter_lib.adafilter.network import trace_conv_bn_pairs
+    from adafilter_lib.core.model import backbone_spec
 
     pattern = None
     for name in GATED_COUNTS:
@@ -183,7 +183,7 @@ def test_usage_penalty_pulls_the_mean_gate_towards_its_target():
 
 
 def test_binarized_gates_are_exactly_binary_with_the_relaxed_gradient():
-    from adafilter_lib.gate_net import binarize_gates
+    from adafilter_lib.adafilter.gate_net import binarize_gates
 
     logits = torch.tensor([[2.0, -1.0, 0.3, -0.2]], requires_grad=True)
     gates = binarize_gates(logits, training=True)
@@ -217,7 +217,7 @@ def test_gate_warmup_forces_every_gate_to_one_for_its_epochs_and_travels_with_th
 
 
 def test_gate_input_pool_matches_average_pooling_in_value_and_gradient():
-    from adafilter_lib.gate_net import pool_gate_input
+    from adafilter_lib.adafilter.gate_net import pool_gate_input
 
     torch.manual_seed(0)
     x = torch.randn(3, 5, 4, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -233,7 +233,7 @@ def test_gate_input_pool_matches_average_pooling_in_value_and_gradient():
 
 @pytest.mark.parametrize("mode", ["stats", "frozen"])
 def test_precise_bn_recomputes_pretrained_bn_statistics_only_in_stats_mode(mode):
-    from adafilter_lib.engine import recalibrate_bn
+    from adafilter_lib.core.engine import recalibrate_bn
 
     # every conv gated (stem too), so that no ungated BN normalizes with batch statistics below
     cfg, method, model, reference = _build(

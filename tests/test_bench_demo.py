@@ -4,9 +4,9 @@ import json
 
 import pandas as pd
 
-from adafilter_lib.cli import main
-from adafilter_lib.demo import demo_configs, demo_study, run_demo
-from adafilter_lib.method_config import AdaFilterConfig
+from adafilter_lib.cli.main import main
+from adafilter_lib.core.method_config import AdaFilterConfig
+from adafilter_lib.studies.demo import demo_configs, demo_study, run_demo
 
 
 def test_bench_prints_the_ratio_line_and_records_the_command(tmp_path, capsys):
@@ -81,7 +81,7 @@ def test_bench_also_times_an_ablation_in_the_same_run_and_rejects_unknown_method
 
 
 def test_bench_set_applies_to_the_timed_models_and_names_the_record(tmp_path, monkeypatch):
-    import adafilter_lib.bench as bench
+    import adafilter_lib.studies.bench as bench
 
     seen = []
     build = bench.build_method
@@ -181,7 +181,7 @@ def test_demo_chooses_the_adafilter_recipe_on_validation_and_writes_the_tables(t
 
 
 def test_demo_command_applies_set_overrides_to_every_run(tmp_path, capsys):
-    from adafilter_lib.config import load_config
+    from adafilter_lib.core.config import load_config
 
     runs = tmp_path / "runs"
     assert (
@@ -216,7 +216,7 @@ def test_demo_command_applies_set_overrides_to_every_run(tmp_path, capsys):
 
 
 def test_demo_command_library_defaults_flag_trains_only_the_library_recipe(tmp_path):
-    from adafilter_lib.config import load_config
+    from adafilter_lib.core.config import load_config
 
     runs = tmp_path / "runs"
     assert (
@@ -251,6 +251,6 @@ def test_demo_command_library_defaults_flag_trains_only_the_library_recipe(tmp_p
 
 
 def test_bench_writes_to_a_user_folder_by_default_not_the_committed_records():
-    from adafilter_lib.cli import build_parser
+    from adafilter_lib.cli.main import build_parser
 
     assert build_parser().parse_args(["bench"]).out == "runs/bench"

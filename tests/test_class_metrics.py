@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from adafilter_lib.class_metrics import ClassErrors
-from adafilter_lib.model import ModelOutput
-from adafilter_lib.trainer import fit
+from adafilter_lib.core.class_metrics import ClassErrors
+from adafilter_lib.core.model import ModelOutput
+from adafilter_lib.training.trainer import fit
 
 
 def test_mean_per_class_error_weighs_classes_not_images():

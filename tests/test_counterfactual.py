@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from adafilter_lib import counterfactual
-from adafilter_lib.cli import main
-from adafilter_lib.config import load_config
-from adafilter_lib.errors import KitError
+from adafilter_lib.analysis import counterfactual
+from adafilter_lib.cli.main import main
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.errors import KitError
+from adafilter_lib.core.model import build_transfer_model
 from adafilter_lib.methods import build_method
-from adafilter_lib.model import build_transfer_model
-from adafilter_lib.trainer import fit
+from adafilter_lib.training.trainer import fit
 
 IMAGES = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 

@@ -11,12 +11,12 @@ import torch
 import torchvision
 from PIL import Image
 
-from adafilter_lib.config import DataConfig
+from adafilter_lib.core.config import DataConfig
+from adafilter_lib.core.errors import KitError
 from adafilter_lib.data import DATASETS, build_datasets, dataset_names, offline, uc_merced
 from adafilter_lib.data.folder import FileImages
 from adafilter_lib.data.splits import TEST_SEED, carve_train_val, stratified_holdout
 from adafilter_lib.data.transforms import PRESETS, eval_transform, train_transform
-from adafilter_lib.errors import KitError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
-from adafilter_lib.adafilter import GatedSite
-from adafilter_lib.config import load_config
-from adafilter_lib.engine import build_optimizer
-from adafilter_lib.gate_net import binarize_gates
+from adafilter_lib.adafilter.gate_net import binarize_gates
+from adafilter_lib.adafilter.network import GatedSite
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.engine import build_optimizer
+from adafilter_lib.core.model import ModelOutput, build_transfer_model
 from adafilter_lib.methods import build_method
-from adafilter_lib.model import ModelOutput, build_transfer_model
 
 X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from adafilter_lib.gates import GateRecorder, GateStats, load_gate_record
-from adafilter_lib.model import ModelOutput
+from adafilter_lib.adafilter.gates import GateRecorder, GateStats, load_gate_record
+from adafilter_lib.core.model import ModelOutput
 
 
 def _batches():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from adafilter_lib import image_figures
+from adafilter_lib.analysis import image_figures
 
 
 def test_gate_grid_lays_filters_out_row_by_row():

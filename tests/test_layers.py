@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from adafilter_lib.layers import GatedConv2d, reference_gated_conv
+from adafilter_lib.adafilter.layers import GatedConv2d, reference_gated_conv
 
 
 def _conv_bn(c_in, c_out, kernel=3, stride=1, groups=1, bias=False, seed=0):

@@ -2,10 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adafilter_lib.config import load_config
-from adafilter_lib.errors import KitError
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.errors import KitError
+from adafilter_lib.core.model import build_transfer_model
 from adafilter_lib.methods import build_method
-from adafilter_lib.model import build_transfer_model
 
 
 def _setup(name, *overrides):

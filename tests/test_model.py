@@ -8,9 +8,9 @@ import torchvision
 from sklearn.datasets import load_sample_image
 from torchvision.transforms import v2
 
-from adafilter_lib import model as model_lib
-from adafilter_lib.errors import KitError
-from adafilter_lib.model import backbone_spec, build_backbone, build_transfer_model
+from adafilter_lib.core import model as model_lib
+from adafilter_lib.core.errors import KitError
+from adafilter_lib.core.model import backbone_spec, build_backbone, build_transfer_model
 
 
 def test_lite0_wheel_keys_rename_onto_timm_exactly():

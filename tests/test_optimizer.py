@@ -4,10 +4,10 @@ import copy
 
 import torch
 
-from adafilter_lib.config import load_config
-from adafilter_lib.engine import MixedOptimizer, build_optimizer, build_scheduler
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.engine import MixedOptimizer, build_optimizer, build_scheduler
+from adafilter_lib.core.model import build_transfer_model
 from adafilter_lib.methods import build_method
-from adafilter_lib.model import build_transfer_model
 
 
 def _params(seed):

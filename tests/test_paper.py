@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from adafilter_lib import runs
-from adafilter_lib.cli import main
-from adafilter_lib.config import load_config, resolve_config
+from adafilter_lib.cli.main import main
+from adafilter_lib.core import files
+from adafilter_lib.core.config import load_config, resolve_config
+from adafilter_lib.core.errors import KitError
 from adafilter_lib.data import dataset_names
-from adafilter_lib.errors import KitError
-from adafilter_lib.prepare import ARCHIVE_SETS, prepare
-from adafilter_lib.sweep import paper_config_dir, parse_shard, plan, reduction_line, run_sweep, shard, status
-from adafilter_lib.trainer import fit
+from adafilter_lib.data.prepare import ARCHIVE_SETS, prepare
+from adafilter_lib.studies.sweep import paper_config_dir, parse_shard, plan, reduction_line, run_sweep, shard, status
+from adafilter_lib.training.trainer import fit
 
 PAPER_CONFIGS = sorted(paper_config_dir().glob("*.yaml"))
 
@@ -121,7 +121,7 @@ def test_sweep_builds_the_table_is_idempotent_and_resumes(standin, tmp_path, cap
     table = run_sweep(grid, str(tmp_path / "out"), progress=False, method_order=["linear_probe", "finetune"])
     assert all(status(c) == "finished" for c in grid)
     assert table["seeds"].tolist() == [2, 2] and table["method"].tolist() == ["linear_probe", "finetune"]
-    assert len(runs.read_jsonl(killed.run_dir() / "metrics.jsonl")) == 2  # resumed, not restarted twice
+    assert len(files.read_jsonl(killed.run_dir() / "metrics.jsonl")) == 2  # resumed, not restarted twice
     stamps = {c.resolved_run_name(): (c.run_dir() / "summary.json").stat().st_mtime_ns for c in grid}
     again = run_sweep(grid, str(tmp_path / "out"), progress=False, method_order=["linear_probe", "finetune"])
     assert again.equals(table)
@@ -140,7 +140,7 @@ def test_dry_run_prints_the_plan_without_training(standin, tmp_path, capsys):
 
 
 def test_sweep_plans_the_paper_protocol_from_the_packaged_configs_in_any_folder(tmp_path, monkeypatch, capsys):
-    from adafilter_lib.cli import main
+    from adafilter_lib.cli.main import main
 
     monkeypatch.chdir(tmp_path)  # no configs/ folder here: only what the installed package ships
     grid = plan(["fgvc_aircraft", "uc_merced_full"], ["finetune"], [0], "runs")

@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adafilter_lib import pruning, runs
-from adafilter_lib.cli import main
-from adafilter_lib.config import load_config
-from adafilter_lib.errors import KitError
-from adafilter_lib.model import TransferModel, build_transfer_model
-from adafilter_lib.pruning_search import objective_value, open_study, pareto_front, to_log_compression, to_sparsity
-from adafilter_lib.pruning_study import STUDY_FILE, TRIALS_FILE, run_fine_pruning, run_prune_after_finetune
-from adafilter_lib.results import load_runs
-from adafilter_lib.trainer import fit
+from adafilter_lib.analysis.results import load_runs
+from adafilter_lib.cli.main import main
+from adafilter_lib.core import runs
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.errors import KitError
+from adafilter_lib.core.model import TransferModel, build_transfer_model
+from adafilter_lib.pruning import masks as pruning
+from adafilter_lib.pruning.search import objective_value, open_study, pareto_front, to_log_compression, to_sparsity
+from adafilter_lib.pruning.study import STUDY_FILE, TRIALS_FILE, run_fine_pruning, run_prune_after_finetune
+from adafilter_lib.training.trainer import fit
 
 # A study small enough for a test: no warmup, trials scored right after pruning, one masked epoch at the end.
 FAST_STUDY = [

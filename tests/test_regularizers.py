@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adafilter_lib.config import load_config
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.model import build_transfer_model
 from adafilter_lib.methods import build_method
 from adafilter_lib.methods.regularizers import bss_penalty, delta_distance
-from adafilter_lib.model import build_transfer_model
-from adafilter_lib.trainer import fit
+from adafilter_lib.training.trainer import fit
 
 
 def _setup(name, *overrides, base_overrides=()):
@@ -107,7 +107,7 @@ def test_each_baseline_trains_through_fit_to_a_run_record(tiny_overrides, name):
     ["method.wise_ft.alpha=1.5", "method.bss.k=0", "method.delta.attention=softmax", "method.spottune.eval_policy=greedy"],
 )
 def test_invalid_baseline_options_are_one_line_errors(override):
-    from adafilter_lib.errors import KitError
+    from adafilter_lib.core.errors import KitError
 
     with pytest.raises(KitError, match=override.split("=")[0]) as err:
         load_config(None, [override])

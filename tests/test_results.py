@@ -9,8 +9,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from adafilter_lib.errors import KitError
-from adafilter_lib.results import build_tables, error_table, export_table, latex_table, load_runs, markdown_table, wide_table
+from adafilter_lib.analysis.results import (
+    build_tables,
+    error_table,
+    export_table,
+    latex_table,
+    load_runs,
+    markdown_table,
+    wide_table,
+)
+from adafilter_lib.core.errors import KitError
 
 # (method, dataset) -> test errors of seeds 0, 1, 2, ...
 ERRORS = {
@@ -206,7 +214,7 @@ def test_a_gate_metric_table_sits_beside_the_error_table_without_bold(tmp_path):
 
 
 def test_table_command_says_which_unfinished_runs_it_left_out(runs_root, tmp_path, capsys):
-    from adafilter_lib.cli import main
+    from adafilter_lib.cli.main import main
 
     assert main(["table", "--runs", str(runs_root), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err

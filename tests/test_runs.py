@@ -5,9 +5,9 @@ import stat
 
 import pytest
 
-from adafilter_lib import runs
-from adafilter_lib.config import load_config
-from adafilter_lib.errors import KitError
+from adafilter_lib.core import files, runs
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.errors import KitError
 
 
 @pytest.mark.parametrize("name", ["../victim", ".", "..", "/tmp/abs", "a/b", ".hidden", "x.partial", ""])
@@ -39,8 +39,8 @@ def test_publish_never_removes_a_folder_that_is_not_a_finished_run(tmp_path):
 def test_results_are_written_with_the_umask_permissions_not_0600(tmp_path):
     old = os.umask(0o022)
     try:
-        runs.atomic_write_text(tmp_path / "a.txt", "x")
-        runs.atomic_torch_save({"x": 1}, tmp_path / "b.pt")
+        files.atomic_write_text(tmp_path / "a.txt", "x")
+        files.atomic_torch_save({"x": 1}, tmp_path / "b.pt")
     finally:
         os.umask(old)
     for name in ("a.txt", "b.pt"):
@@ -50,7 +50,7 @@ def test_results_are_written_with_the_umask_permissions_not_0600(tmp_path):
 def test_a_run_trained_by_another_process_is_refused_with_one_line_and_left_alone(tiny_cfg):
     import fcntl
 
-    from adafilter_lib.trainer import fit
+    from adafilter_lib.training.trainer import fit
 
     lock_path = tiny_cfg.run_dir().with_name(f".{tiny_cfg.run_dir().name}.lock")
     lock_path.parent.mkdir(parents=True)

@@ -7,9 +7,10 @@ import json
 import pytest
 import yaml
 
-from adafilter_lib import runs, study
-from adafilter_lib.config import to_dict
-from adafilter_lib.errors import KitError
+from adafilter_lib.core import runs
+from adafilter_lib.core.config import to_dict
+from adafilter_lib.core.errors import KitError
+from adafilter_lib.studies import study
 
 
 def test_smoke_grid_replaces_data_model_and_epochs(tmp_path):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from adafilter_lib import runs
-from adafilter_lib.config import load_config
-from adafilter_lib.trainer import fit
+from adafilter_lib.core import files, runs
+from adafilter_lib.core.config import load_config
+from adafilter_lib.training.trainer import fit
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator", reason="the tensorboard extra is not installed"
@@ -17,7 +17,7 @@ def test_tensorboard_events_mirror_the_metrics_of_every_epoch(tiny_overrides):
     events = event_accumulator.EventAccumulator(str(cfg.run_dir() / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    metrics = runs.read_jsonl(cfg.run_dir() / runs.METRICS)
+    metrics = files.read_jsonl(cfg.run_dir() / runs.METRICS)
     assert {"train/loss", "train/top1_err", "val/top1_err", "val/frac_finetuned"} <= tags
     assert [e.value for e in events.Scalars("val/top1_err")] == pytest.approx([m["val_top1_err"] for m in metrics])
     layer = next(iter(metrics[-1]["val_frac_by_layer"]))

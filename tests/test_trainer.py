@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from adafilter_lib import runs
-from adafilter_lib.cli import main
-from adafilter_lib.config import load_config
-from adafilter_lib.errors import KitError
-from adafilter_lib.trainer import fit, improves
+from adafilter_lib.cli.main import main
+from adafilter_lib.core import files, runs
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.errors import KitError
+from adafilter_lib.training.trainer import fit, improves
 
 
 def test_a_run_writes_its_records_and_publishes_atomically(tiny_cfg):
@@ -20,7 +20,7 @@ def test_a_run_writes_its_records_and_publishes_atomically(tiny_cfg):
     run_dir = tiny_cfg.run_dir()
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.yaml", "metrics.jsonl", "summary.json"]
     assert not runs.staging_dir(run_dir).exists()
-    metrics = runs.read_jsonl(run_dir / "metrics.jsonl")
+    metrics = files.read_jsonl(run_dir / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [0, 1]
     assert summary == json.loads((run_dir / "summary.json").read_text())
     assert summary["num_train"] == 30 and summary["num_val"] == 10  # 4 per class, 1 of them for val
@@ -65,8 +65,8 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_overrides, tmp_path
     resumed = fit(cfg, resume=True, progress=False)
     for key in ("top1_err", "test_loss", "val_top1_err", "best_epoch", "train_top1_err"):
         assert resumed[key] == reference[key], key
-    ref_losses = [m["train_loss"] for m in runs.read_jsonl(reference_cfg.run_dir() / "metrics.jsonl")]
-    assert [m["train_loss"] for m in runs.read_jsonl(cfg.run_dir() / "metrics.jsonl")] == ref_losses
+    ref_losses = [m["train_loss"] for m in files.read_jsonl(reference_cfg.run_dir() / "metrics.jsonl")]
+    assert [m["train_loss"] for m in files.read_jsonl(cfg.run_dir() / "metrics.jsonl")] == ref_losses
 
 
 def test_a_finished_run_is_reused_unless_forced(tiny_cfg):
@@ -149,7 +149,7 @@ def test_torchrun_with_two_cpu_processes(tiny_overrides, tmp_path):
     cfg = load_config(None, tiny_overrides)
     summary = runs.read_summary(cfg.run_dir())
     assert summary["world_size"] == 2 and summary["num_test"] > 500
-    assert len(runs.read_jsonl(cfg.run_dir() / "metrics.jsonl")) == 2
+    assert len(files.read_jsonl(cfg.run_dir() / "metrics.jsonl")) == 2
     assert done.stdout.count("top1_err") == 1  # only rank 0 reports
 
 
@@ -169,7 +169,7 @@ def test_error_then_loss_picks_the_lowest_loss_among_the_lowest_errors(tiny_over
     # so the default rule would keep epoch 2 (float rounding on other CPUs may remove the tie).
     cfg = load_config(None, tiny_overrides + ["optim.epochs=3", "seed=1", "optim.selection=error_then_loss"])
     summary = fit(cfg, progress=False)
-    metrics = runs.read_jsonl(cfg.run_dir() / "metrics.jsonl")
+    metrics = files.read_jsonl(cfg.run_dir() / "metrics.jsonl")
     best = min(metrics, key=lambda m: (m["val_top1_err"], m["val_loss"]))
     assert summary["best_epoch"] == best["epoch"] + 1 and summary["val_top1_err"] == best["val_top1_err"]
     with pytest.raises(KitError, match="optim.selection must be one of error, error_then_loss; got 'loss'"):

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from adafilter_lib import cli
-from adafilter_lib.errors import KitError
-from adafilter_lib.study_recipe import expand_cells, load_study
-from adafilter_lib.trainer import fit
-from adafilter_lib.tune import choose_cell, run_study, selection_runs
-from adafilter_lib.tune_tables import write_tables
+from adafilter_lib.cli import main as cli
+from adafilter_lib.core.errors import KitError
+from adafilter_lib.studies.recipe import expand_cells, load_study
+from adafilter_lib.studies.tune import choose_cell, run_study, selection_runs
+from adafilter_lib.studies.tune_tables import write_tables
+from adafilter_lib.training.trainer import fit
 
 TINY = [
     "data.n_per_class=4",

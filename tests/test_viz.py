@@ -8,8 +8,8 @@ import pytest
 from matplotlib.collections import PolyCollection, QuadMesh
 from matplotlib.figure import Figure
 
-from adafilter_lib import viz
-from adafilter_lib.errors import KitError
+from adafilter_lib.analysis import viz
+from adafilter_lib.core.errors import KitError
 
 
 def _curves() -> pd.DataFrame:

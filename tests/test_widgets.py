@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adafilter_lib import study, widgets
+from adafilter_lib.adafilter.gates import load_gate_record
+from adafilter_lib.analysis import widgets
+from adafilter_lib.analysis.widgets import ORDERS, GateInspector
+from adafilter_lib.core.errors import KitError
+from adafilter_lib.core.model import backbone_spec
 from adafilter_lib.data import build_datasets
-from adafilter_lib.errors import KitError
-from adafilter_lib.gates import load_gate_record
-from adafilter_lib.model import backbone_spec
-from adafilter_lib.widgets import ORDERS, GateInspector
+from adafilter_lib.studies import study
 
 COPY = "digits__adafilter__copy"
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import KitError
+from ..core.errors import KitError
 from .folder import FileImages
 from .splits import Pool
 

@@ -19,21 +19,22 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import KitError
+from ..core.errors import KitError
 from .splits import TEST_SEED, Pool, stratified_holdout
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FOLDER_TEST_FRACTION = 0.2
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line errors."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def unreadable_image(path: str | Path, err: BaseException) -> KitError:
     """The error for an image file PIL cannot read (one line, names the file and the fix)."""
-    return KitError(f"image '{path}' cannot be read ({_first_line(err)}); remove or replace the file")
+    return KitError(f"image '{path}' cannot be read ({first_line(err)}); remove or replace the file")
 
 
 class FileImages(Dataset):

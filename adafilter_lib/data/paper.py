@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import KitError
-from .folder import FileImages, _first_line, class_dirs
+from ..core.errors import KitError
+from .folder import FileImages, class_dirs, first_line
 from .splits import TEST_SEED, Pool, sample_per_class
 
 
@@ -53,7 +53,7 @@ def torchvision_dataset(cls_name: str, name: str, root: Path, hint: str, **kwarg
     try:
         return cls(str(root), download=True, **kwargs)
     except Exception as err:  # no network, HTTP errors, checksum mismatches, full disks...
-        raise KitError(f"dataset '{name}' is not under '{root}' and downloading it failed ({_first_line(err)}); {hint}") from None
+        raise KitError(f"dataset '{name}' is not under '{root}' and downloading it failed ({first_line(err)}); {hint}") from None
 
 
 def _private(ds: Any, attr: str) -> Any:

@@ -5,7 +5,7 @@ unsplit training pool, the test set), the default augmentation preset, and wheth
 natural photos (centre-cropped for evaluation) or digit-like (plainly resized). ``build_datasets``
 then carves train/val from the pool with ``DataConfig.split_seed`` and attaches the transforms::
 
-    from adafilter_lib.config import DataConfig
+    from adafilter_lib.core.config import DataConfig
     splits = build_datasets(DataConfig(dataset="digits", n_per_class=20), mean, std)
     image, label = splits.train[0]        # (3, R, R) float tensor, int
 """
@@ -18,8 +18,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..config import DataConfig
-from ..errors import unknown_name
+from ..core.config import DataConfig
+from ..core.errors import unknown_name
 from . import decathlon, offline, paper, uc_merced
 from .eval_cache import cached_eval_split
 from .folder import load_folder_pool

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from ..errors import KitError
+from ..core.errors import KitError
 
 # Fixed for good: changing it would silently change the test set of every offline dataset.
 TEST_SEED = 12345

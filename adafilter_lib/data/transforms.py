@@ -26,7 +26,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..errors import unknown_name
+from ..core.errors import unknown_name
 
 PRESETS = ("none", "light", "standard")
 

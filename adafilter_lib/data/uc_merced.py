@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import KitError
+from ..core.errors import KitError
 from .folder import FileImages, class_dirs, images_in, unreadable_image
 from .offline import ArrayImages
 from .splits import TEST_SEED, Pool, stratified_holdout

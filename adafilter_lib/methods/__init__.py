@@ -1,15 +1,18 @@
 """Transfer-learning methods: what differs between them, as one small object each.
 
-The training loop (:mod:`adafilter_lib.engine`) is the same for every method; a
+The training loop (:mod:`adafilter_lib.core.engine`) is the same for every method; a
 :class:`~.base.Method` only decides how the network is built from the pretrained model, which
 parameters train, the optimizer's parameter groups, train/eval mode of each part, and an optional
-extra loss term. ``METHODS`` maps each name to its class.
+extra loss term. ``METHODS`` maps each name to its class. To add a method: a ``Method`` subclass in
+a module here, its options (if any) as a dataclass in ``core/method_config.py``, and its name in ``METHODS``.
+
+May import: ``core``, ``data``, ``adafilter``.
 """
 
 from __future__ import annotations
 
-from ..config import RunConfig
-from ..errors import unknown_name
+from ..core.config import RunConfig
+from ..core.errors import unknown_name
 from .adafilter import ADAFILTER_METHODS, AdaFilter
 from .base import L2SP, LinearProbe, Method, Scratch
 from .fine_pruning import PRUNING_METHODS

@@ -18,10 +18,10 @@ from typing import Optional
 
 import torch
 
-from ..adafilter import AdaFilterModel, convert_to_adafilter
-from ..method_config import AdaFilterConfig
-from ..model import ModelOutput, TransferModel, backbone_spec
-from .base import Method, _groups
+from ..adafilter.network import AdaFilterModel, convert_to_adafilter
+from ..core.method_config import AdaFilterConfig
+from ..core.model import ModelOutput, TransferModel, backbone_spec
+from .base import Method, lr_groups
 
 
 class AdaFilter(Method):
@@ -47,7 +47,7 @@ class AdaFilter(Method):
             model.gate_warmup.fill_(epoch < self.options.gate_warmup_epochs)
 
     def param_groups(self, model: AdaFilterModel) -> list[dict]:
-        groups = _groups(
+        groups = lr_groups(
             {
                 "finetuned": (model.features, self.cfg.optim.lr),
                 "gate_net": (model.gate_net, self.options.gate_lr),

@@ -1,6 +1,6 @@
 """The baseline methods and the :class:`Method` base every method adjusts.
 
-The training loop (:mod:`adafilter_lib.engine`) is the same for every method; a :class:`Method` only
+The training loop (:mod:`adafilter_lib.core.engine`) is the same for every method; a :class:`Method` only
 decides how the model is prepared (which parameters train), the optimizer's parameter groups, the
 train/eval mode of each part, and an optional extra loss term.
 
@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config import RunConfig
-from ..model import ModelOutput, TransferModel
+from ..core.config import RunConfig
+from ..core.model import ModelOutput, TransferModel
 
 
 class Method:
@@ -45,7 +45,7 @@ class Method:
 
     def param_groups(self, model: TransferModel) -> list[dict]:
         """Optimizer groups: backbone at ``optim.lr``, head at ``optim.head_lr`` (frozen params left out)."""
-        return _groups({"backbone": (model.features, self.cfg.optim.lr), "head": (model.head, self.cfg.optim.head_lr)})
+        return lr_groups({"backbone": (model.features, self.cfg.optim.lr), "head": (model.head, self.cfg.optim.head_lr)})
 
     def train_mode(self, model: TransferModel) -> None:
         """Put the model into training mode (methods that freeze BN statistics override this)."""
@@ -95,10 +95,12 @@ class Scratch(Method):
 
     def param_groups(self, model: TransferModel) -> list[dict]:
         lr = self.cfg.optim.head_lr
-        return _groups({"backbone": (model.features, lr), "head": (model.head, lr)})
+        return lr_groups({"backbone": (model.features, lr), "head": (model.head, lr)})
 
 
-def _groups(parts: dict[str, tuple[nn.Module, float]]) -> list[dict]:
+def lr_groups(parts: dict[str, tuple[nn.Module, float]]) -> list[dict]:
+    """Optimizer parameter groups ``{"name", "params", "lr"}``, one per named part, of its trainable parameters
+    (a part with none is left out)."""
     groups = []
     for name, (module, lr) in parts.items():
         params = [p for p in module.parameters() if p.requires_grad]

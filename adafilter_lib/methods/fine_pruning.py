@@ -1,15 +1,15 @@
 """Registry entries for ``fine_pruning`` and ``prune_after_finetune``.
 
 Both run their own schedule (rounds of Bayesian-optimized pruning trials; dense, prune, masked) in
-:mod:`adafilter_lib.pruning_study`, started by ``python -m adafilter_lib prune``. They are listed here
+:mod:`adafilter_lib.pruning.study`, started by ``python -m adafilter_lib prune``. They are listed here
 so that names, configs and tables treat them like every other method; the one-epoch-at-a-time loop
-of :func:`adafilter_lib.trainer.fit` cannot run them and stops with a one-line pointer to the command.
+of :func:`adafilter_lib.training.trainer.fit` cannot run them and stops with a one-line pointer to the command.
 """
 
 from __future__ import annotations
 
-from ..errors import KitError
-from ..model import TransferModel
+from ..core.errors import KitError
+from ..core.model import TransferModel
 from .base import Method
 
 
@@ -17,7 +17,7 @@ class _PruningMethod(Method):
     def build_model(self, model: TransferModel) -> TransferModel:
         raise KitError(
             f"method '{self.name}' runs its own pruning schedule; run it with "
-            f"`python -m adafilter_lib prune --method {self.name} ...` (or adafilter_lib.pruning_study.run_pruning)"
+            f"`python -m adafilter_lib prune --method {self.name} ...` (or adafilter_lib.pruning.study.run_pruning)"
         )
 
 

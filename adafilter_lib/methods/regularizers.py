@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model import ModelOutput, TransferModel, backbone_spec
+from ..core.model import ModelOutput, TransferModel, backbone_spec
 from .base import Method
 
 # Stage outputs DELTA compares (the last block of each resolution stage).

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from ..errors import KitError
-from ..method_config import SpotTuneConfig
-from ..model import ModelOutput, TransferModel
-from .base import Method, _groups
+from ..core.errors import KitError
+from ..core.method_config import SpotTuneConfig
+from ..core.model import ModelOutput, TransferModel
+from .base import Method, lr_groups
 
 SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50")
 
@@ -114,7 +114,7 @@ class SpotTune(Method):
         model.frozen.requires_grad_(False)
 
     def param_groups(self, model: SpotTuneModel) -> list[dict]:
-        return _groups(
+        return lr_groups(
             {
                 "backbone": (model.features, self.cfg.optim.lr),
                 "policy": (model.policy, self.cfg.method.spottune.policy_lr),

@@ -1,0 +1,101 @@
+"""CLI subcommands for pruning and compaction: ``prune``, ``compact`` and ``prune-bench``.
+
+Hooked into :mod:`adafilter_lib.cli.main` by :func:`add_parsers` and ``COMMANDS``; imports stay inside
+the handlers so that ``--help`` does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .args import add_run_options, config_from_args
+
+EXAMPLES = """examples:
+  python -m adafilter_lib prune --config adafilter_lib/configs/demo.yaml --dataset digits --method fine_pruning
+  python -m adafilter_lib prune --config adafilter_lib/configs/demo.yaml --dataset digits --method prune_after_finetune
+  python -m adafilter_lib prune ... --set method.fine_pruning.sampler=tpe method.fine_pruning.splice=true
+  python -m adafilter_lib prune ... --resume           # continue a killed study (finished trials are kept)
+  python -m adafilter_lib compact --run runs/digits__adafilter__efficientnet_lite0__s0 --out results/compaction.csv
+  python -m adafilter_lib prune-bench                  # the benchmark: results/pruning/summary.csv, compaction.csv
+"""
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser(
+        "prune",
+        help="Fine-Pruning (Bayesian-optimized pruning rounds) or its prune-after-fine-tune baseline",
+        description="Run method fine_pruning or prune_after_finetune to a run directory. Settings as for "
+        "`train` (defaults, --config, shortcut flags, --set); options under method.fine_pruning.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    add_run_options(p, methods=["fine_pruning", "prune_after_finetune"], method_default="fine_pruning", epochs=False)
+
+
+def _cmd_prune(args) -> int:
+    from ..pruning.study import run_pruning
+
+    cfg = config_from_args(args)
+    summary = run_pruning(cfg, resume=args.resume, force=args.force, progress=not args.no_progress)
+    print(
+        f"{cfg.run_dir()}: top1_err {summary['top1_err']:.2f}% (test), compression {summary['compression']:.1f}x "
+        f"(sparsity {100 * summary['sparsity']:.1f}%), {summary['nonzero_params']:,} nonzero parameters"
+    )
+    return 0
+
+
+def _add_compact(sub) -> None:
+    p = sub.add_parser("compact", help="AdaFilter compaction sweep: extra parameters per task vs error, over thresholds")
+    p.add_argument("--run", required=True, help="a finished adafilter run directory")
+    p.add_argument("--thresholds", type=float, nargs="+", help="selection-frequency thresholds (default: 0 0.01 ... 1.01)")
+    p.add_argument("--out", help="write the table as CSV here (default: print only)")
+    p.add_argument("--no-progress", action="store_true", help="hide per-threshold lines")
+
+
+def _cmd_compact(args) -> int:
+    from ..core.files import atomic_write_text
+    from ..pruning.compaction import DEFAULT_THRESHOLDS, compaction_sweep
+
+    table = compaction_sweep(args.run, args.thresholds or DEFAULT_THRESHOLDS, progress=not args.no_progress)
+    print(
+        table[["threshold", "extra_params_frac", "top1_err", "val_top1_err", "top1_err_change"]].to_markdown(
+            index=False, floatfmt=".4g"
+        )
+    )
+    if args.out:
+        atomic_write_text(args.out, table.to_csv(index=False, lineterminator="\n"))
+        print(f"written: {args.out}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "prune-bench", help="the pruning benchmark on offline data (Fine-Pruning, baselines, AdaFilter compaction)"
+    )
+    p.add_argument("--dataset", default="mnist5k", help="offline dataset (default: mnist5k)")
+    p.add_argument("--n-per-class", type=int, default=20, help="labelled images per class (default: 20)")
+    p.add_argument("--runs", dest="runs_root", default="runs/pruning", help="run directories (default: runs/pruning)")
+    p.add_argument("--out", default="results/pruning", help="result folder (default: results/pruning)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    p.add_argument("--no-progress", action="store_true", help="hide per-epoch lines")
+
+
+def _cmd_bench(args) -> int:
+    from ..pruning.bench import run_pruning_bench
+
+    summary, _ = run_pruning_bench(
+        args.runs_root, args.out, args.dataset, args.n_per_class, overrides=args.set, progress=not args.no_progress
+    )
+    print(summary.to_markdown(index=False, floatfmt=".4g"))
+    print(f"written: {args.out}/summary.csv, compaction.csv, error_table.*, front.png, README.md")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Add ``prune``, ``compact`` and ``prune-bench`` to the CLI's subparsers."""
+    _add_prune(sub)
+    _add_compact(sub)
+    _add_bench(sub)
+
+
+COMMANDS = {"prune": _cmd_prune, "compact": _cmd_compact, "prune-bench": _cmd_bench}

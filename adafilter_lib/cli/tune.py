@@ -1,0 +1,62 @@
+"""The ``tune`` command: a selection study from a recipe file (see :mod:`adafilter_lib.studies.tune`).
+
+Hooked into :mod:`adafilter_lib.cli.main` by :func:`add_parsers` and ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="a selection study: each method over its lr grid, cell chosen on validation, then all seeds",
+        description="Train every row of a study recipe over its cells (learning-rate grid x variants), keep "
+        "per row and dataset the cell with the lowest validation error, train the remaining "
+        "seeds there, and write cells.csv, comparison.{csv,md}, per-row tables and a README. "
+        "Resumable: run the same command again after an interruption.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m adafilter_lib tune studies/uc_merced_few --dry-run\n"
+        "  python -m adafilter_lib tune studies/uc_merced_few --rows finetune adafilter",
+    )
+    p.add_argument(
+        "recipe", help="study recipe: a YAML file, or one shipped with the kit (studies/uc_merced_few, studies/uc_merced_full)"
+    )
+    p.add_argument("--rows", nargs="+", help="only these rows (the reference row is kept)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the state of every selection run, train nothing")
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="write the tables from the runs that finished so far (a study stopped half-way), train nothing",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-epoch lines")
+
+
+def _cmd_tune(args) -> int:
+    from ..studies.recipe import load_study, rows_named
+    from ..studies.tune import chosen_so_far, run_study, selection_runs
+    from ..studies.tune_tables import write_tables
+
+    study = rows_named(load_study(args.recipe), args.rows)
+    if args.dry_run:
+        run_study(study, dry_run=True)
+        return 0
+    if args.tables_only:
+        chosen = chosen_so_far(study)  # rows whose selection is unfinished are left out of comparison.md
+    else:
+        chosen = run_study(study, progress=not args.no_progress)
+    # --tables-only rewrites tables; the README names the command that trains them
+    command = args.command_line.replace(" --tables-only", "")
+    table = write_tables(study, selection_runs(study, chosen), command)
+    print(table.to_markdown(index=False, floatfmt=".2f"))
+    print(f"written: {study.out_dir}/comparison.md, comparison.csv, cells.csv, README.md and one folder per row")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Add ``tune`` to the CLI's subparsers."""
+    _add_tune(sub)
+
+
+COMMANDS = {"tune": _cmd_tune}

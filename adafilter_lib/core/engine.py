@@ -1,0 +1,274 @@
+"""The one training loop every method shares: ``train_one_epoch`` and ``evaluate`` (plain functions).
+
+:func:`adafilter_lib.training.trainer.fit` wraps them with run directories, checkpoints and resume.
+Losses and errors are accumulated on the device and read once per epoch (plus once every
+``log_every`` batches for the progress bar), so the loop does not stall a GPU with per-batch syncs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import OptimConfig
+from .distributed import all_reduce_sum, is_main, world_size
+from .errors import KitError
+from .model import ModelOutput
+
+BatchHook = Callable[[ModelOutput, torch.Tensor, torch.Tensor], None]
+
+
+def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over the method's parameter groups.
+
+    A group may choose its own rule with an ``"optimizer"`` key (``"sgd"`` or ``"adamw"``; e.g.
+    AdaFilter's ``method.adafilter.gate_optimizer``). Groups of different rules are stepped by one
+    :class:`MixedOptimizer`, so the schedule, the checkpoints and the loop still see one optimizer.
+    """
+    by_rule: dict[str, list[dict]] = {}
+    for group in groups:  # insertion order: the first group stays param_groups[0] (its lr is logged)
+        rule = group.get("optimizer") or cfg.optimizer
+        by_rule.setdefault(rule, []).append({k: v for k, v in group.items() if k != "optimizer"})
+    optimizers = [_single_rule(rule, rule_groups, cfg) for rule, rule_groups in by_rule.items()]
+    return optimizers[0] if len(optimizers) == 1 else MixedOptimizer(optimizers)
+
+
+def _single_rule(rule: str, groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    # foreach: one multi-tensor kernel per group instead of a few small ops per parameter, which
+    # matters on CPU for AdaFilter's ~200 small gate-network tensors.
+    if rule == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+            foreach=True,
+        )
+    if rule == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    raise KitError(f"unknown optimizer '{rule}' for a parameter group: use 'sgd' or 'adamw'")
+
+
+class MixedOptimizer(torch.optim.Optimizer):
+    """Several optimizers stepped as one (e.g. SGD for the network, AdamW for a gate network).
+
+    Its ``param_groups`` are the inner optimizers' group dicts themselves, so an LR scheduler built on
+    it sets every inner learning rate; ``state_dict`` holds one state per inner optimizer.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = list(optimizers)
+        super().__init__([group for opt in self.optimizers for group in opt.param_groups], defaults={})
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        states = state_dict.get("optimizers")
+        if states is None or len(states) != len(self.optimizers):
+            raise KitError(
+                "the checkpoint's optimizer state does not match this run's optimizers "
+                "(was optim.optimizer or a gate_optimizer changed?): resume with the original config"
+            )
+        for opt, state in zip(self.optimizers, states):
+            opt.load_state_dict(state)
+        # Optimizer.load_state_dict replaces the group dicts: share the new ones, or a scheduler would
+        # keep setting learning rates on dicts no inner optimizer reads any more.
+        self.param_groups = [group for opt in self.optimizers for group in opt.param_groups]
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
+    """A per-step schedule: cosine to zero over all steps, step decay every ``step_size`` epochs, or constant."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    elif cfg.schedule == "step":
+        factor = lambda step: cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+    else:
+        factor = lambda step: 1.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when ``amp`` is on; nothing on CPU (CPU autocast is slower for convs)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    method,
+    loader: Iterable,
+    optimizer,
+    scheduler,
+    device: torch.device,
+    epoch: int,
+    amp: bool = True,
+    channels_last: bool = True,
+    progress: bool = True,
+    log_every: int = 10,
+    on_batch: Optional[BatchHook] = None,
+) -> dict:
+    """One pass over ``loader``; returns mean ``loss``, ``top1_err`` (%), ``lr`` and ``seconds``.
+
+    Raises:
+        KitError: when the loss becomes NaN or infinite (with the epoch and the fix).
+    """
+    method.train_mode(model)
+    start = time.perf_counter()
+    totals = torch.zeros(3, device=device)  # loss sum, wrong count, sample count
+    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not (progress and is_main()))
+    for step, (images, labels) in enumerate(bar):
+        images, labels = _to_device(images, labels, device, channels_last)
+        with autocast_for(device, amp):
+            output = model(images)
+            loss = F.cross_entropy(output.logits.float(), labels)
+            extra = method.extra_loss(_unwrap(model), output)
+            total_loss = loss if extra is None else loss + extra
+        optimizer.zero_grad(set_to_none=True)
+        total_loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            totals += torch.stack(
+                [loss.detach() * len(labels), (output.logits.argmax(1) != labels).sum(), torch.tensor(len(labels), device=device)]
+            ).float()
+        if on_batch is not None:
+            on_batch(output, labels, loss.detach())
+        if (step + 1) % log_every == 0:
+            _check_finite(totals[0], epoch)  # one sync every log_every steps
+            bar.set_postfix(loss=f"{(totals[0] / totals[2]).item():.3f}")
+    totals = all_reduce_sum(totals)
+    _check_finite(totals[0], epoch)
+    count = max(totals[2].item(), 1.0)
+    _check_not_diverged(totals[0].item() / count, output.logits.shape[1], epoch)
+    return {
+        "loss": totals[0].item() / count,
+        "top1_err": 100.0 * totals[1].item() / count,
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module, method, loader: Iterable, device: torch.device, amp: bool = True, channels_last: bool = True
+) -> None:
+    """Recompute the running statistics of every BN the method trains, with the current weights ("precise BN").
+
+    With few images and few steps per epoch, the exponential running averages lag far behind weights
+    that move fast, and the evaluation-mode network differs from the one that was trained (validation
+    error near chance while training error is low). A pass over the training data with a cumulative
+    average (``momentum=None``) fixes that at the cost of one forward pass. BNs that the method keeps
+    in evaluation mode (a linear probe's frozen backbone) are left untouched.
+    """
+    method.train_mode(model)
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the pass
+    for images, labels in loader:
+        images, labels = _to_device(images, labels, device, channels_last)
+        with autocast_for(device, amp):
+            model(images)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+        for stat in (m.running_mean, m.running_var):  # every process ends with the same statistics
+            stat.copy_(all_reduce_sum(stat) / world_size())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    amp: bool = True,
+    channels_last: bool = True,
+    progress: bool = False,
+    desc: str = "eval",
+    on_batch: Optional[BatchHook] = None,
+    reduce: bool = True,
+) -> dict:
+    """Mean cross-entropy ``loss`` and ``top1_err`` (%) over ``loader`` in eval mode (summed over processes).
+
+    ``on_batch(output, labels, per_sample_loss)`` sees every batch in loader order, which is how gate
+    collectors and per-image records are fed.
+    """
+    model.eval()
+    totals = torch.zeros(3, device=device)
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not (progress and is_main())):
+        images, labels = _to_device(images, labels, device, channels_last)
+        with autocast_for(device, amp):
+            output = model(images)
+        losses = F.cross_entropy(output.logits.float(), labels, reduction="none")  # (B,)
+        totals += torch.stack(
+            [losses.sum(), (output.logits.argmax(1) != labels).sum(), torch.tensor(len(labels), device=device)]
+        ).float()
+        if on_batch is not None:
+            on_batch(output, labels, losses)
+    if reduce:
+        totals = all_reduce_sum(totals)
+    count = max(totals[2].item(), 1.0)
+    return {"loss": totals[0].item() / count, "top1_err": 100.0 * totals[1].item() / count, "n": int(totals[2].item())}
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss_sum).item():
+        raise KitError(
+            f"training loss became NaN/inf in epoch {epoch + 1}; lower optim.lr / optim.head_lr "
+            "or check the data for invalid values"
+        )
+
+
+DIVERGED_FACTOR = 100.0  # a mean training loss this many times chance level's ln(K) means the run blew up
+
+
+def _check_not_diverged(mean_loss: float, num_classes: int, epoch: int) -> None:
+    """A finite blow-up (say 1e10 with ``optim.lr=1e6``) stops the run like a NaN instead of being published.
+
+    Chance-level cross-entropy is ln(K); a mean far above it means the outputs are confidently wrong
+    everywhere, which no learning run reaches (random-gate runs that went astray peaked near 3 ln(K); a wild
+    tiny random-init test run near 33 ln(K)).
+    """
+    limit = DIVERGED_FACTOR * math.log(max(num_classes, 2))
+    if mean_loss > limit:
+        raise KitError(
+            f"training diverged in epoch {epoch + 1}: mean loss {mean_loss:.3g} is over {DIVERGED_FACTOR:g}x "
+            f"the chance level ln({num_classes}) = {math.log(max(num_classes, 2)):.2f}; lower optim.lr / optim.head_lr"
+        )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (methods look at named submodules)."""
+    return model.module if hasattr(model, "module") else model

@@ -1,0 +1,215 @@
+"""Fine-Pruning's Bayesian optimization (one Optuna study per round in SQLite), and reading studies back.
+
+A trial proposes, per group (stage or layer), ``u = log10(1 / (1 - sparsity))``, i.e. the log10 of the
+group's compression, between the group's current value and ``max_sparsity``'s (with ``gradual``, round
+``r`` of ``R`` goes up to ``r / R`` of it). On that scale 90% and 99% sparsity are as far apart as 0% and
+90%, which is where the accuracy/size trade-off lives.
+The study of round ``r`` is ``round_<r>`` in ``study.db``; finished trials are never repeated: a
+resumed round runs only the trials it still misses, and trials left ``RUNNING`` by a killed process
+are marked ``FAIL``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import KitError
+from . import masks as pruning
+
+_SEED_STRIDE = 7919  # a distinct, reproducible sampler seed per round
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise KitError(
+            "Fine-Pruning needs Optuna; run: pip install 'adafilter-kit[optimization]' (or pip install optuna)"
+        ) from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per round is printed by the kit instead
+    return optuna
+
+
+def make_sampler(kind: str, seed: int, startup_trials: int):
+    """Optuna's Gaussian-process sampler (``"gp"``) or TPE (``"tpe"``), seeded."""
+    optuna = _optuna()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if kind == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True)
+
+
+def open_study(db_path: Path, round_index: int, sampler=None):
+    """The study ``round_<r>`` in the SQLite file ``db_path`` (created, or loaded with its trials)."""
+    optuna = _optuna()
+    return optuna.create_study(
+        storage=f"sqlite:///{Path(db_path).resolve()}",
+        study_name=f"round_{round_index}",
+        direction="maximize",
+        sampler=sampler,
+        load_if_exists=True,
+    )
+
+
+def fail_stale_trials(study) -> int:
+    """Mark trials left RUNNING by a killed process as FAIL; returns how many."""
+    optuna = _optuna()
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
+def to_log_compression(sparsity: float) -> float:
+    return -math.log10(1.0 - sparsity)
+
+
+def to_sparsity(log_compression: float) -> float:
+    return 1.0 - 10.0 ** (-log_compression)
+
+
+def objective_value(val_top1_err: float, compression: float, sparsity: float, lam: float, term: str) -> float:
+    """``val_accuracy + lam * compression_term``; accuracy in [0, 1], term log10(compression) or sparsity."""
+    return (1.0 - val_top1_err / 100.0) + lam * (math.log10(compression) if term == "log10" else sparsity)
+
+
+def run_round(session, round_index: int, fractions: dict[str, float], trial_hook=None) -> dict[str, float]:
+    """Run (or finish) round ``round_index``'s study; return the best trial's {group: fraction}.
+
+    Every trial starts from the model's current weights, which are restored afterwards.
+    """
+    optuna = _optuna()
+    opts = session.opts
+    start = session.snapshot()
+    sampler = make_sampler(opts.sampler, session.cfg.seed * _SEED_STRIDE + round_index, opts.startup_trials)
+    study = open_study(session.staging / "study.db", round_index, sampler)
+    fail_stale_trials(study)
+    low = {g: to_log_compression(f) for g, f in fractions.items()}
+    high = to_log_compression(opts.max_sparsity)
+    if opts.gradual:  # prune step by step: a network pruned 98% in one go has nothing left to fine-tune from
+        high *= (round_index + 1) / opts.rounds
+    if round_index > 0 and not study.trials:
+        study.enqueue_trial(low)  # the current fractions are always a candidate: a round may keep them
+
+    def objective(trial) -> float:
+        if trial_hook is not None:
+            trial_hook(round_index, trial.number)
+        proposal = {g: to_sparsity(trial.suggest_float(g, low[g], max(low[g], high))) for g in fractions}
+        session.model.load_state_dict(start)
+        session.apply(proposal, dense=opts.splice)
+        val_err = session.train(opts.trial_epochs, stream=1 + round_index, fractions=proposal)
+        stats = pruning.compression_stats(session.model)
+        trial.set_user_attr("val_top1_err", val_err)
+        trial.set_user_attr("compression", stats["compression"])
+        trial.set_user_attr("sparsity", stats["sparsity"])
+        trial.set_user_attr("fractions", proposal)
+        return objective_value(val_err, stats["compression"], stats["sparsity"], opts.lam, opts.compression_term)
+
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    try:
+        if done < opts.trials:
+            study.optimize(objective, n_trials=opts.trials - done, catch=())
+    finally:
+        session.model.load_state_dict(start)
+    best = study.best_trial
+    if session.progress:
+        attrs = best.user_attrs
+        print(
+            f"[{session.cfg.resolved_run_name()}] round {round_index + 1}: best of {opts.trials} trials: val err "
+            f"{attrs['val_top1_err']:.1f}%, compression {attrs['compression']:.1f}x (objective {best.value:.3f})",
+            flush=True,
+        )
+    return {g: float(f) for g, f in best.user_attrs["fractions"].items()}
+
+
+def trials_frame(db_path: Path) -> pd.DataFrame:
+    """Every trial of every round in ``db_path``.
+
+    Returns:
+        Columns ``round`` (1-based), ``trial``, ``state``, ``objective``, ``val_top1_err``,
+        ``compression``, ``sparsity``, ``best_in_round`` and ``frac_<group>`` per group.
+    """
+    optuna = _optuna()
+    storage = f"sqlite:///{Path(db_path).resolve()}"
+    rows = []
+    for summary in sorted(optuna.get_all_study_summaries(storage), key=lambda s: int(s.study_name.split("_")[1])):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best_number = max(complete, key=lambda t: t.value).number if complete else None
+        for t in study.trials:
+            attrs = t.user_attrs
+            rows.append(
+                {
+                    "round": int(summary.study_name.split("_")[1]) + 1,
+                    "trial": t.number,
+                    "state": t.state.name,
+                    "objective": t.value,
+                    "val_top1_err": attrs.get("val_top1_err"),
+                    "compression": attrs.get("compression"),
+                    "sparsity": attrs.get("sparsity"),
+                    "best_in_round": t.number == best_number,
+                    **{f"frac_{g}": f for g, f in attrs.get("fractions", {}).items()},
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
+    """The finished trials no other trial beats on both accuracy and compression, by compression."""
+    done = trials[trials["state"] == "COMPLETE"].sort_values(["compression", "val_top1_err"], ascending=[False, True])
+    keep, best_err = [], np.inf
+    for index, row in done.iterrows():  # walking from most to least compressed, keep strict improvements in error
+        if row["val_top1_err"] < best_err:
+            keep.append(index)
+            best_err = row["val_top1_err"]
+    return done.loc[keep].sort_values("compression").reset_index(drop=True)
+
+
+def plot_front(trials: pd.DataFrame, ax=None, references: Optional[dict[str, tuple[float, float]]] = None):
+    """Validation accuracy vs compression of every trial (by round), the Pareto front, and reference points.
+
+    Args:
+        trials: :func:`trials_frame` output.
+        references: {label: (compression, top1 error %)} drawn as stars (e.g. the dense and pruned runs).
+    Returns:
+        The matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    done = trials[trials["state"] == "COMPLETE"]
+    for rnd, group in done.groupby("round"):
+        ax.scatter(group["compression"], 100 - group["val_top1_err"], s=18, alpha=0.7, label=f"round {rnd} trials")
+    front = pareto_front(trials)
+    ax.plot(front["compression"], 100 - front["val_top1_err"], color="black", lw=1, label="Pareto front")
+    for label, (compression, err) in (references or {}).items():
+        ax.scatter([compression], [100 - err], marker="*", s=120, label=label)
+    ax.set_xscale("log")
+    times = FuncFormatter(lambda value, _: f"{value:g}x")
+    ax.xaxis.set_major_formatter(times)
+    ax.xaxis.set_minor_formatter(times)
+    ax.tick_params(axis="x", which="minor", labelsize=6)
+    ax.set_xlabel("compression (weights / nonzero weights)")
+    ax.set_ylabel("validation top-1 accuracy (%)")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_sparsity(table: pd.DataFrame, ax=None):
+    """Per-layer sparsity (bars, in execution order) from :func:`adafilter_lib.pruning.masks.sparsity_table`."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(8, 3))[1]
+    codes = pd.factorize(table["stage"])[0]
+    ax.bar(range(len(table)), 100 * table["sparsity"], color=[plt.cm.tab10(c % 10) for c in codes])  # one colour per stage
+    ax.set_xticks(range(len(table)), table["layer"], rotation=90, fontsize=6)
+    ax.set_ylabel("sparsity (%)")
+    return ax

@@ -1,0 +1,159 @@
+"""Selection-study recipes: the YAML format of ``adafilter_lib/configs/studies/*.yaml`` and the run configs it defines.
+
+A recipe has rows (a method with its own settings) and, per row, cells: the cartesian product of a
+learning-rate ``grid`` and optional named ``variants`` (alternative recipes). Keys: ``base`` (a packaged
+config name such as ``demo``, or a YAML path), ``set`` (overrides for every run), ``datasets`` ({name:
+labelled images per class, or null for all}; a value may also be a mapping ``{n_per_class: N, set: [...]}``
+for settings of that task alone), ``seeds``, ``select`` (``first`` or ``all``), ``reference`` (the row
+paired differences are taken against), ``runs``, ``out``, ``rows``. :mod:`adafilter_lib.studies.tune` runs it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..core.config import RunConfig, display_path, load_config, read_yaml, resolve_config
+from ..core.errors import KitError
+
+SELECT_RULES = ("first", "all")
+
+
+@dataclass
+class Row:
+    """One table row: a method with settings, and the cells it is tuned over (``{slug: overrides}``)."""
+
+    name: str
+    method: str
+    settings: tuple[str, ...] = ()
+    cells: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"default": ()})
+
+
+@dataclass
+class Study:
+    base: Optional[Path]
+    settings: tuple[str, ...]
+    datasets: dict[str, Optional[int]]  # labelled images per class (None: all)
+    seeds: tuple[int, ...]
+    select: str
+    reference: Optional[str]
+    runs_root: str
+    out_dir: str
+    rows: list[Row]
+    recipe: Optional[str] = None  # the YAML file it came from (named in the tables' README)
+    dataset_settings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per-task overrides
+    overrides: tuple[str, ...] = ()  # the caller's --set: applied last, to every run
+
+    @property
+    def select_seeds(self) -> tuple[int, ...]:
+        return self.seeds[:1] if self.select == "first" else self.seeds
+
+
+def base_config_path(name: Optional[str]) -> Optional[Path]:
+    """A recipe's ``base``: a YAML path or a packaged config name (see :func:`~adafilter_lib.core.config.resolve_config`)."""
+    return None if name is None else resolve_config(name)
+
+
+def _slug(key: str, value) -> str:
+    return f"{key.rsplit('.', 1)[-1]}{value}"
+
+
+def expand_cells(grid: Optional[dict], variants: Optional[dict]) -> dict[str, tuple[str, ...]]:
+    """``{slug: overrides}`` for every combination of named variants and grid values, in recipe order.
+
+    Example: ``grid={"optim.lr": [0.01, 0.02]}`` gives ``{"lr0.01": ("optim.lr=0.01",), "lr0.02": (...)}``.
+    """
+    variants = variants or {"": []}
+    keys = list((grid or {}).keys())
+    cells = {}
+    for (variant, extra), values in itertools.product(variants.items(), itertools.product(*[grid[k] for k in keys])):
+        parts = ([variant] if variant else []) + [_slug(k, v) for k, v in zip(keys, values)]
+        cells["_".join(parts) or "default"] = (*extra, *(f"{k}={v}" for k, v in zip(keys, values)))
+    return cells
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study recipe (a YAML path, or a packaged name such as ``studies/uc_merced_few``);
+    every cell's config is validated before anything trains."""
+    path = resolve_config(path)
+    spec = read_yaml(path, "study recipe", "pass a YAML file or a packaged recipe such as studies/uc_merced_few")
+    known = {"base", "set", "datasets", "seeds", "select", "reference", "runs", "out", "rows"}
+    if not isinstance(spec, dict) or set(spec) - known or "rows" not in spec or "datasets" not in spec:
+        raise KitError(f"study recipe '{path}' must be a mapping with 'datasets' and 'rows' (keys: {', '.join(sorted(known))})")
+    rows = []
+    for name, row in spec["rows"].items():
+        row = row or {}
+        cells = expand_cells(row.get("grid"), row.get("variants"))
+        rows.append(Row(str(name), str(row.get("method", name)), tuple(row.get("set", ())), cells))
+    datasets = {
+        str(name): value if not isinstance(value, dict) else value.get("n_per_class") for name, value in spec["datasets"].items()
+    }
+    per_task = {str(name): tuple(value.get("set", ())) for name, value in spec["datasets"].items() if isinstance(value, dict)}
+    study = Study(
+        base_config_path(spec.get("base")),
+        tuple(spec.get("set", ())),
+        datasets,
+        tuple(int(s) for s in spec.get("seeds", [0])),
+        str(spec.get("select", "first")),
+        spec.get("reference"),
+        str(spec.get("runs", f"runs/{path.stem}")),
+        str(spec.get("out", f"results/{path.stem}")),
+        rows,
+        display_path(path),
+        per_task,
+    )
+    check_study(study)
+    return study
+
+
+def check_study(study: Study) -> None:
+    """Refuse an unknown select rule, reference row, dataset or method, and build every config once (values)."""
+    if study.select not in SELECT_RULES:
+        raise KitError(f"study 'select' must be one of {', '.join(SELECT_RULES)}; got '{study.select}'")
+    names = [r.name for r in study.rows]
+    if study.reference is not None and study.reference not in names:
+        raise KitError(f"study 'reference' '{study.reference}' is not a row; choose one of {', '.join(names)}")
+    if not study.seeds or len(set(study.seeds)) != len(study.seeds):
+        raise KitError("study 'seeds' must list distinct seeds")
+    from ..data import get_spec
+    from ..methods import build_method
+
+    for dataset in study.datasets:
+        get_spec(dataset)
+    for row in study.rows:
+        for dataset in study.datasets:
+            for cell in row.cells:
+                build_method(run_config(study, row, dataset, cell, study.seeds[0]))
+
+
+def run_config(study: Study, row: Row, dataset: str, cell: str, seed: int) -> RunConfig:
+    """The config of one run: base, study settings, dataset, row settings, cell, seed (later wins)."""
+    n = study.datasets[dataset]
+    return load_config(
+        study.base,
+        [
+            *study.settings,
+            f"data.dataset={dataset}",
+            f"data.n_per_class={'null' if n is None else n}",
+            *study.dataset_settings.get(dataset, ()),
+            f"method.name={row.method}",
+            *row.settings,
+            *row.cells[cell],
+            f"seed={seed}",
+            f"runs_root={Path(study.runs_root) / row.name / cell}",
+            *study.overrides,
+        ],
+    )
+
+
+def rows_named(study: Study, names: Optional[Sequence[str]]) -> Study:
+    """The study restricted to some rows (the reference row is kept so that differences stay defined)."""
+    if not names:
+        return study
+    unknown = sorted(set(names) - {r.name for r in study.rows})
+    if unknown:
+        raise KitError(f"unknown row(s) {', '.join(unknown)}; the recipe has {', '.join(r.name for r in study.rows)}")
+    keep = set(names) | ({study.reference} if study.reference else set())
+    return Study(**{**study.__dict__, "rows": [r for r in study.rows if r.name in keep]})

@@ -1,0 +1,158 @@
+"""The tables of a selection study (:mod:`adafilter_lib.studies.tune`), written from its run records.
+
+Files under the study's ``out`` folder:
+
+``cells.csv``          every finished run: ``row, method, dataset, cell, seed, chosen`` and its summary numbers
+                       (``val_top1_err`` decided the choice; ``top1_err`` is shown, never used)
+``comparison.csv/.md`` one line per (row, dataset) at its chosen cell: test error mean and std over seeds,
+                       mean validation error, the difference to the reference row paired by seed with the
+                       standard error of the paired differences (``diff_se``) and the seeds it wins, and for
+                       gated rows the share of fine-tuned choices and of filters varying across test images
+``<row>/``             the ``table --metric`` files of the chosen runs: ``error_table``, ``val_top1_err_table``
+                       and, for AdaFilter rows, ``test_frac_finetuned_table`` and ``test_frac_adaptive_filters_table``
+``README.md``          the command, the recipe, the selection rule and the comparison table
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from ..analysis.records import runs_of
+from ..analysis.results import error_table, export_table, table_stem
+from ..core.errors import KitError
+from ..core.files import atomic_write_text
+from ..core.provenance import one_line
+from .recipe import Study
+
+GATE_METRICS = ("test_frac_finetuned", "test_frac_adaptive_filters")
+
+
+def comparison_table(records: pd.DataFrame, reference: Optional[str]) -> pd.DataFrame:
+    """Chosen cells only: one line per (row, dataset), rows in recipe order (see the module docstring)."""
+    chosen = records[records["chosen"]]
+    lines = []
+    for (row, dataset), group in chosen.groupby(["row", "dataset"], sort=False):
+        line = {
+            "row": row,
+            "dataset": dataset,
+            "cell": group["cell"].iloc[0],
+            "seeds": len(group),
+            "top1_err": group["top1_err"].mean(),
+            "top1_err_std": group["top1_err"].std(ddof=1),
+            "val_top1_err": group["val_top1_err"].mean(),
+        }
+        if reference is not None and row != reference:
+            ref = chosen[(chosen["row"] == reference) & (chosen["dataset"] == dataset)].set_index("seed")["top1_err"]
+            diffs = group.set_index("seed")["top1_err"].sub(ref).dropna()  # paired by seed
+            line.update(
+                {
+                    "diff_vs_reference": diffs.mean() if len(diffs) else math.nan,
+                    "diff_se": diffs.std(ddof=1) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan,
+                    "wins": f"{int((diffs < 0).sum())}/{len(diffs)}",
+                }
+            )
+        for metric in GATE_METRICS:
+            if metric in group and group[metric].notna().any():
+                line[metric] = group[metric].mean()
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def comparison_markdown(table: pd.DataFrame, reference: Optional[str]) -> str:
+    """The comparison as a Markdown table (errors in %, differences in points, shares as fractions)."""
+    header = ["row", "dataset", "chosen cell", "seeds", "test error (%)", "val error (%)"]
+    if reference is not None:
+        header += [f"vs {reference} (points, ± SE)", "wins"]
+    header += ["fine-tuned choices", "filters varying"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        cells = [
+            r["row"],
+            r["dataset"],
+            f"`{r['cell']}`",
+            str(r["seeds"]),
+            _mean_std(r["top1_err"], r["top1_err_std"]),
+            f"{r['val_top1_err']:.2f}",
+        ]
+        if reference is not None:
+            diff = r.get("diff_vs_reference", math.nan)
+            shown = "" if _missing(diff) else f"{diff:+.2f}" + ("" if _missing(r["diff_se"]) else f" ± {r['diff_se']:.2f}")
+            cells += [shown, "" if _missing(diff) else r["wins"]]
+        cells += [_fraction(r.get(m)) for m in GATE_METRICS]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return f"{mean:.2f}" if _missing(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _fraction(value) -> str:
+    return "" if _missing(value) else f"{value:.2f}"
+
+
+def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFrame:
+    """Write every file of the module docstring under ``study.out_dir``; returns the comparison table."""
+    out = Path(study.out_dir)
+    if not records:
+        raise KitError(
+            f"no run of this study has finished under '{study.runs_root}'; train some first (the same command "
+            f"without --tables-only)"
+        )
+    frame = pd.DataFrame(records)
+    atomic_write_text(out / "cells.csv", frame.drop(columns=["run_dir"]).to_csv(index=False, lineterminator="\n"))
+    for row in study.rows:
+        chosen_dirs = frame[(frame["row"] == row.name) & frame["chosen"]]["run_dir"].tolist()
+        if not chosen_dirs:
+            continue
+        chosen_runs = runs_of(chosen_dirs, Path(study.runs_root) / row.name)
+        for metric in ("top1_err", "val_top1_err", *GATE_METRICS):
+            if metric in chosen_runs and chosen_runs[metric].notna().any():
+                export_table(error_table(chosen_runs, metric=metric), out / row.name, stem=table_stem(metric))
+    table = comparison_table(frame, study.reference)
+    atomic_write_text(out / "comparison.csv", table.to_csv(index=False, lineterminator="\n"))
+    markdown = comparison_markdown(table, study.reference)
+    atomic_write_text(out / "comparison.md", markdown)
+    atomic_write_text(out / "README.md", _readme(study, markdown, command))
+    return table
+
+
+def _readme(study: Study, markdown: str, command: str) -> str:
+    rule = (
+        "each row's cell is chosen on the validation error of seed "
+        f"{study.seeds[0]} alone; the other seeds are trained at that cell only"
+        if study.select == "first"
+        else "each row's cell is chosen on the mean validation error over all seeds (every cell trained on every seed)"
+    )
+    cells = "\n".join(
+        f"- `{row.name}` (`{row.method}`{', ' + ' '.join(row.settings) if row.settings else ''}): "
+        + ", ".join(f"`{c}`" for c in row.cells)
+        for row in study.rows
+    )
+    return f"""# {Path(study.out_dir).as_posix()}
+
+Written by `{command}` from the run records under `{study.runs_root}` (recipe: `{study.recipe}`).
+Rerunning the command reuses finished runs, continues unfinished ones and rewrites these files.
+{one_line()} (Each run's `summary.json` records the commit, versions and command it was trained with.)
+
+Selection: {rule}. The rule: the lowest validation error; ties go to the lower validation loss of the
+best epochs, then to the cell listed first. The test split is never used to choose. Differences are
+test-error points against `{study.reference}`, paired by seed, ± the standard error of the paired
+differences; "wins" counts the seeds where the row is better.
+
+{markdown}
+Cells tried per row (every run of every cell: `cells.csv`):
+
+{cells}
+
+Per row, the chosen runs' `error_table`, `val_top1_err_table` and (AdaFilter rows) `test_frac_finetuned_table` and
+`test_frac_adaptive_filters_table` (`.csv`, `.md`, `.tex`) are in `<row>/`.
+"""

@@ -1,0 +1,314 @@
+"""``fit``: one run from a config to a finished run directory, resumable and DDP-ready.
+
+Order matters for the promise "bad input leaves nothing behind": names, data and weights are all
+checked before the run's staging directory is created, and a user-caused failure during training
+(a NaN loss) removes it again. A killed run keeps ``<run>.partial/`` with its last checkpoint;
+``fit(cfg, resume=True)`` continues from there and reaches the same numbers as an uninterrupted run,
+because every epoch re-seeds its own randomness from ``(seed, epoch, rank)``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from ..adafilter.gates import USAGE_FILE, GateRecorder, GateStats, GateSummary
+from ..core import distributed as dist_utils
+from ..core import files, runs
+from ..core.class_metrics import ClassErrors
+from ..core.config import RunConfig
+from ..core.engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
+from ..core.errors import KitError
+from ..core.model import backbone_spec, build_transfer_model
+from ..core.provenance import provenance
+from ..core.tb_log import closing_logger, epoch_logger, require_tensorboard
+from ..data import DataSplits, build_datasets
+from ..methods import build_method
+
+EpochHook = Callable[[int, dict], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A distinct, reproducible seed for each (run seed, epoch, process)."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**31
+
+
+def prepare_run(cfg: RunConfig):
+    """Build the method, data splits and model for ``cfg``; raises KitError before anything is written."""
+    method = build_method(cfg)
+    spec = backbone_spec(cfg.model.backbone)
+    splits = build_datasets(cfg.data, spec.mean, spec.std)
+    seed_everything(cfg.seed)  # the new head's initialization depends on the run seed only
+    model = build_transfer_model(
+        cfg.model.backbone,
+        len(splits.classes),
+        pretrained=cfg.model.pretrained and method.uses_pretrained,
+        weights_path=cfg.model.weights_path,
+        head_dropout=cfg.model.head_dropout,
+    )
+    return method, splits, method.build_model(model)
+
+
+def train_loader(splits: DataSplits, cfg: RunConfig, epoch: int) -> DataLoader:
+    # Re-created each epoch with an epoch-seeded generator so that a resumed run shuffles identically.
+    generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+    if dist_utils.world_size() > 1:
+        sampler = DistributedSampler(splits.train, shuffle=True, seed=cfg.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(splits.train, generator=generator)
+    drop_last = len(splits.train) // dist_utils.world_size() > cfg.data.batch_size  # no size-1 BN batches
+    return DataLoader(
+        splits.train,
+        batch_size=cfg.data.batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=cfg.data.num_workers,
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def eval_loader(dataset, cfg: RunConfig) -> DataLoader:
+    """An in-order loader over this process's shard (every ``world_size``-th item, no padding)."""
+    if dist_utils.world_size() > 1:
+        dataset = Subset(dataset, list(range(dist_utils.rank(), len(dataset), dist_utils.world_size())))
+    return DataLoader(dataset, batch_size=cfg.data.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+
+
+def fit(
+    cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True, on_epoch_end: Optional[EpochHook] = None
+) -> dict:
+    """Train ``cfg`` to a finished run directory and return its summary (see :func:`_fit`).
+
+    The main process holds :func:`adafilter_lib.core.runs.run_lock` from the moment it creates the run's staging
+    folder to its end, so two identical commands started together leave one complete run and one
+    one-line refusal.
+    """
+    with ExitStack() as locks:
+        return _fit(cfg, resume, force, progress, on_epoch_end, locks)
+
+
+def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end: Optional[EpochHook], locks: ExitStack) -> dict:
+    """Train ``cfg`` to a finished run directory and return its summary.
+
+    Args:
+        cfg: the validated run configuration.
+        resume: continue ``<run>.partial/`` from its last checkpoint if there is one.
+        force: start over, discarding a finished or unfinished run of the same name.
+        progress: show tqdm bars (main process only).
+        on_epoch_end: called as ``hook(epoch, record)`` after each epoch's checkpoint is written.
+    Returns:
+        The summary dict written to ``summary.json`` (``top1_err`` is the test error of the best epoch).
+
+    Raises:
+        KitError: a finished (or, with ``resume``, an unfinished) run of the same name was trained
+            with other settings (``runs_root`` and ``device`` aside); bad names, data or a NaN loss.
+    """
+    if Path(cfg.runs_root).exists() and not Path(cfg.runs_root).is_dir():
+        raise KitError(f"the runs folder '{cfg.runs_root}' is a file; pass a folder with --runs (runs_root=...)")
+    device = dist_utils.local_device(cfg.device)
+    dist_utils.init_from_env(device)
+    folder = runs.RunFolder(cfg)
+    staging = folder.staging
+    # Reuse only what was trained with these settings: a study that changes one option but not
+    # the runs folder would otherwise read the old numbers as new ones.
+    finished = folder.reuse(
+        force, "use another runs folder for the new settings, or --force (fit(..., force=True)) to retrain this one"
+    )
+    if finished is not None:
+        return finished
+    folder.check_unfinished(resume, force)
+
+    method, splits, model = prepare_run(cfg)
+    if cfg.log_tensorboard:
+        require_tensorboard()  # before anything is written
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    method.prepare(model)
+    optimizer = build_optimizer(method.param_groups(model), cfg.optim)
+    steps = len(train_loader(splits, cfg, 0))
+    scheduler = build_scheduler(optimizer, cfg.optim, steps)
+
+    start_epoch, best = 0, {"val_top1_err": float("inf"), "best_epoch": -1}
+    dist_utils.barrier()
+    if dist_utils.is_main():
+        locks.enter_context(folder.lock())  # before anything in staging is touched
+        finished = folder.reuse(force, "use another runs folder for the new settings")  # finished meanwhile elsewhere
+        if finished is not None:
+            return finished
+        folder.start(force)
+    dist_utils.barrier()
+    checkpoint_path = staging / runs.CHECKPOINT
+    if resume and checkpoint_path.exists():
+        state = runs.load_checkpoint(checkpoint_path, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"], state["best"]
+        if dist_utils.is_main():
+            runs.truncate_metrics(staging / runs.METRICS, start_epoch)
+
+    train_model = model
+    if dist_utils.world_size() > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    val_loader = eval_loader(splits.val, cfg)
+    board = locks.enter_context(closing_logger(epoch_logger(cfg.log_tensorboard and dist_utils.is_main(), staging)))
+    try:
+        for epoch in range(start_epoch, cfg.optim.epochs):
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, dist_utils.rank()))
+            method.begin_epoch(model, epoch)
+            train = train_one_epoch(
+                train_model,
+                method,
+                train_loader(splits, cfg, epoch),
+                optimizer,
+                scheduler,
+                device,
+                epoch,
+                cfg.amp,
+                cfg.channels_last,
+                progress,
+            )
+            if cfg.optim.precise_bn:
+                recalibrate_bn(model, method, train_loader(splits, cfg, epoch), device, cfg.amp, cfg.channels_last)
+            val_gates = GateStats(len(splits.classes))
+            val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last, on_batch=val_gates)
+            record = {
+                "epoch": epoch,
+                **{f"train_{k}": v for k, v in train.items()},
+                **{f"val_{k}": v for k, v in val.items()},
+                **_gate_fields(val_gates.compute(), "val_"),
+            }
+            improved = improves(val, best, cfg.optim.selection)
+            if improved:
+                best = {"val_top1_err": val["top1_err"], "val_loss": val["loss"], "best_epoch": epoch}
+            if dist_utils.is_main():
+                if improved:
+                    files.atomic_torch_save(model.state_dict(), staging / runs.BEST)
+                files.append_jsonl(staging / runs.METRICS, record)
+                if board is not None:
+                    board.log(record)
+                files.atomic_torch_save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1,
+                        "best": best,
+                    },
+                    checkpoint_path,
+                )
+                if progress:
+                    print(
+                        f"[{cfg.resolved_run_name()}] epoch {epoch + 1}/{cfg.optim.epochs} "
+                        f"train loss {train['loss']:.3f} err {train['top1_err']:.1f}% | val err {val['top1_err']:.1f}%",
+                        flush=True,
+                    )
+            dist_utils.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+        summary = _finish(cfg, method, model, splits, staging, best, device, progress)
+    except KitError:
+        if dist_utils.is_main():
+            folder.discard()  # a user-caused failure leaves nothing half-written
+        raise
+    if dist_utils.is_main():
+        folder.finish(summary)  # the checkpoint goes: only a resume needs it; best.pt holds the model
+    dist_utils.barrier()
+    return summary
+
+
+def improves(val: dict, best: dict, selection: str = "error") -> bool:
+    """Whether an epoch's validation result ``val`` (``top1_err``, ``loss``) beats ``best`` so far.
+
+    ``error``: a strictly lower error; ties keep the earlier epoch. ``error_then_loss``: ties in error
+    go to the lower validation loss, which still ranks epochs when a small validation split makes equal
+    errors common (20 images: every error is a multiple of 5 %).
+    """
+    if val["top1_err"] != best["val_top1_err"] or selection == "error":
+        return val["top1_err"] < best["val_top1_err"]
+    return val["loss"] < best.get("val_loss", float("inf"))
+
+
+def _gate_fields(summary: Optional[GateSummary], prefix: str, by_layer: bool = True) -> dict:
+    """Metrics fields for gate usage (empty for models without gates)."""
+    if summary is None:
+        return {}
+    fields = {f"{prefix}frac_finetuned": summary.overall, f"{prefix}frac_adaptive_filters": summary.adaptive}
+    if by_layer:
+        fields[f"{prefix}frac_by_layer"] = dict(zip(summary.layer_names, summary.frac_finetuned.round(4).tolist()))
+    return fields
+
+
+def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, best: dict, device, progress: bool) -> dict:
+    """Reload the best epoch's weights and measure the test split once (never used for selection)."""
+    dist_utils.barrier()
+    model.load_state_dict(torch.load(staging / runs.BEST, map_location=device, weights_only=True))
+    method.finalize(model)
+    single = dist_utils.world_size() == 1
+    stats, recorder, per_class = GateStats(len(splits.classes)), GateRecorder(), ClassErrors(len(splits.classes))
+    test = evaluate(
+        model,
+        eval_loader(splits.test, cfg),
+        device,
+        cfg.amp,
+        cfg.channels_last,
+        progress=progress,
+        desc="test",
+        on_batch=(lambda *batch: (stats(*batch), recorder(*batch), per_class(*batch))) if single else None,
+    )
+    if not single and dist_utils.is_main():  # the per-image record needs every test image in order
+        full = DataLoader(splits.test, batch_size=cfg.data.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+        evaluate(
+            model,
+            full,
+            device,
+            cfg.amp,
+            cfg.channels_last,
+            on_batch=lambda *b: (stats(*b), recorder(*b), per_class(*b)),
+            reduce=False,
+        )
+    summary_gates = stats.compute()
+    if summary_gates is not None and dist_utils.is_main():
+        recorder.save(staging, splits.classes)
+        files.atomic_write_text(staging / USAGE_FILE, summary_gates.to_frame(splits.classes).to_csv(index=False))
+    history = files.read_jsonl(staging / runs.METRICS) if dist_utils.is_main() else []
+    return {
+        **_gate_fields(summary_gates, "test_", by_layer=False),
+        "top1_err": test["top1_err"],
+        "test_loss": test["loss"],
+        "test_mean_class_err": per_class.mean_class_err(),
+        "val_top1_err": best["val_top1_err"],
+        "best_epoch": best["best_epoch"] + 1,
+        "epochs": cfg.optim.epochs,
+        "train_top1_err": history[-1]["train_top1_err"] if history else None,
+        "train_seconds": sum(r["train_seconds"] for r in history),
+        "num_train": len(splits.train),
+        "num_val": len(splits.val),
+        "num_test": len(splits.test),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "world_size": dist_utils.world_size(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "provenance": provenance(),  # git commit, versions, command line (a dict: tables read only the scalars)
+    }
