@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from adafilter_lib.cli.main import main
+from adafilter_lib.cli.app import main
 from adafilter_lib.core.method_config import AdaFilterConfig
 from adafilter_lib.studies.demo import demo_configs, demo_study, run_demo
 
@@ -251,6 +251,6 @@ def test_demo_command_library_defaults_flag_trains_only_the_library_recipe(tmp_p
 
 
 def test_bench_writes_to_a_user_folder_by_default_not_the_committed_records():
-    from adafilter_lib.cli.main import build_parser
+    from adafilter_lib.cli.app import build_parser
 
     assert build_parser().parse_args(["bench"]).out == "runs/bench"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from adafilter_lib.cli.main import main
+from adafilter_lib.cli.app import main
 from adafilter_lib.core.config import load_config
 from adafilter_lib.core.model import build_transfer_model
 from adafilter_lib.methods import build_method

@@ -55,7 +55,7 @@ def test_run_name_is_a_safe_slug():
 
 def test_version_and_program_name(capsys, monkeypatch):
     import adafilter_lib
-    from adafilter_lib.cli import main as cli
+    from adafilter_lib.cli import app as cli
 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
@@ -80,7 +80,7 @@ def test_config_file_errors_are_one_line_with_line_and_column(tmp_path):
 def test_device_cuda_without_a_gpu_and_runs_folder_that_is_a_file(tmp_path, capsys, monkeypatch):
     import torch
 
-    from adafilter_lib.cli import main as cli
+    from adafilter_lib.cli import app as cli
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli.main(["train", "--dataset", "digits", "--set", "device=cuda", "--runs", str(tmp_path)]) == 2
@@ -91,7 +91,7 @@ def test_device_cuda_without_a_gpu_and_runs_folder_that_is_a_file(tmp_path, caps
 
 
 def test_ctrl_c_says_how_to_resume(capsys, monkeypatch):
-    from adafilter_lib.cli import main as cli
+    from adafilter_lib.cli import app as cli
 
     def interrupted(args):
         raise KeyboardInterrupt

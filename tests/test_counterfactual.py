@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adafilter_lib.analysis import counterfactual
-from adafilter_lib.cli.main import main
+from adafilter_lib.cli.app import main
 from adafilter_lib.core.config import load_config
 from adafilter_lib.core.errors import KitError
 from adafilter_lib.core.model import build_transfer_model

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from adafilter_lib.cli.main import main
+from adafilter_lib.cli.app import main
 from adafilter_lib.core import files
 from adafilter_lib.core.config import load_config, resolve_config
 from adafilter_lib.core.errors import KitError
@@ -140,7 +140,7 @@ def test_dry_run_prints_the_plan_without_training(standin, tmp_path, capsys):
 
 
 def test_sweep_plans_the_paper_protocol_from_the_packaged_configs_in_any_folder(tmp_path, monkeypatch, capsys):
-    from adafilter_lib.cli.main import main
+    from adafilter_lib.cli.app import main
 
     monkeypatch.chdir(tmp_path)  # no configs/ folder here: only what the installed package ships
     grid = plan(["fgvc_aircraft", "uc_merced_full"], ["finetune"], [0], "runs")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adafilter_lib.analysis.results import load_runs
-from adafilter_lib.cli.main import main
+from adafilter_lib.cli.app import main
 from adafilter_lib.core import runs
 from adafilter_lib.core.config import load_config
 from adafilter_lib.core.errors import KitError

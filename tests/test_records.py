@@ -161,7 +161,7 @@ def test_filter_drift_and_its_summary_by_selection_band(root):
 
 
 def test_drift_command_writes_the_per_run_table(root, tmp_path, capsys):
-    from adafilter_lib.cli.main import main
+    from adafilter_lib.cli.app import main
 
     _save_weights(
         root / "a_ada", {"l1": ([[3.0, 4.5], [1.0, 0.0]], [[3.0, 4.0], [1.0, 0.0]]), "l2": ([[2.0, 1.0]], [[2.0, 0.0]])}
@@ -174,7 +174,7 @@ def test_drift_command_writes_the_per_run_table(root, tmp_path, capsys):
 
 
 def test_usage_command_writes_the_per_layer_rows_of_every_gated_run(root, tmp_path, capsys):
-    from adafilter_lib.cli.main import main
+    from adafilter_lib.cli.app import main
 
     out = tmp_path / "usage.csv"
     assert main(["usage", "--runs", str(root), "--out", str(out)]) == 0

@@ -214,7 +214,7 @@ def test_a_gate_metric_table_sits_beside_the_error_table_without_bold(tmp_path):
 
 
 def test_table_command_says_which_unfinished_runs_it_left_out(runs_root, tmp_path, capsys):
-    from adafilter_lib.cli.main import main
+    from adafilter_lib.cli.app import main
 
     assert main(["table", "--runs", str(runs_root), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err

@@ -17,10 +17,10 @@ def test_every_results_folder_has_a_readme_naming_its_command(folder):
     assert re.search(r"python -m adafilter_lib (demo|tune|table|bench|prune-bench|prune|sweep|train|compact)\b", text), readme
 
 
-def test_every_recipe_a_results_readme_names_exists():
+def test_every_recipe_a_results_readme_or_the_findings_name_exists():
     root = RESULTS.parent
     named = set()
-    for readme in RESULTS.rglob("README.md"):
+    for readme in [*RESULTS.rglob("README.md"), root / "docs" / "FINDINGS.md", root / "README.md"]:
         named |= set(re.findall(r"adafilter_lib/configs/[\w/]+\.yaml", readme.read_text()))
     assert named, "no results README names a recipe file"
     assert [n for n in sorted(named) if not (root / n).is_file()] == []

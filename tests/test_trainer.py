@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from adafilter_lib.cli.main import main
+from adafilter_lib.cli.app import main
 from adafilter_lib.core import files, runs
 from adafilter_lib.core.config import load_config
 from adafilter_lib.core.errors import KitError

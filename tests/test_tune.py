@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from adafilter_lib.cli import main as cli
+from adafilter_lib.cli import app as cli
 from adafilter_lib.core.errors import KitError
 from adafilter_lib.studies.recipe import expand_cells, load_study
 from adafilter_lib.studies.tune import choose_cell, run_study, selection_runs

@@ -1,6 +1,6 @@
 """The analysis commands of the CLI: ``drift``, ``counterfactual`` and ``usage`` over finished AdaFilter runs.
 
-Hooked into :mod:`adafilter_lib.cli.main` by :func:`add_parsers` and ``COMMANDS``; imports of torch-heavy modules
+Hooked into :mod:`adafilter_lib.cli.app` by :func:`add_parsers` and ``COMMANDS``; imports of torch-heavy modules
 stay inside the command functions so that ``--help`` stays fast.
 """
 

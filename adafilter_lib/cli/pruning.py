@@ -1,6 +1,6 @@
 """CLI subcommands for pruning and compaction: ``prune``, ``compact`` and ``prune-bench``.
 
-Hooked into :mod:`adafilter_lib.cli.main` by :func:`add_parsers` and ``COMMANDS``; imports stay inside
+Hooked into :mod:`adafilter_lib.cli.app` by :func:`add_parsers` and ``COMMANDS``; imports stay inside
 the handlers so that ``--help`` does not load torch.
 """
 

@@ -1,6 +1,6 @@
 """The ``tune`` command: a selection study from a recipe file (see :mod:`adafilter_lib.studies.tune`).
 
-Hooked into :mod:`adafilter_lib.cli.main` by :func:`add_parsers` and ``COMMANDS``.
+Hooked into :mod:`adafilter_lib.cli.app` by :func:`add_parsers` and ``COMMANDS``.
 """
 
 from __future__ import annotations
