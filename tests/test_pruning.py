@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adafilter_lib.analysis.pruning_figures import pareto_front
 from adafilter_lib.analysis.results import load_runs
 from adafilter_lib.cli.app import main
 from adafilter_lib.core import runs
@@ -15,7 +16,7 @@ from adafilter_lib.core.config import load_config
 from adafilter_lib.core.errors import KitError
 from adafilter_lib.core.model import TransferModel, build_transfer_model
 from adafilter_lib.pruning import masks as pruning
-from adafilter_lib.pruning.search import objective_value, open_study, pareto_front, to_log_compression, to_sparsity
+from adafilter_lib.pruning.search import objective_value, open_study, to_log_compression, to_sparsity
 from adafilter_lib.pruning.study import STUDY_FILE, TRIALS_FILE, run_fine_pruning, run_prune_after_finetune
 from adafilter_lib.training.trainer import fit
 

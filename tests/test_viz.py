@@ -153,3 +153,26 @@ def test_save_figure_honours_the_suffix(tmp_path):
     assert viz.save_figure(fig, tmp_path / "a.PNG").read_bytes().startswith(b"\x89PNG")
     with pytest.raises(KitError, match="unknown format '.jpeg'"):
         viz.save_figure(fig, tmp_path / "a.jpeg")
+
+
+def test_pruning_figures_are_figures_without_pyplot_and_save_by_suffix(tmp_path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from adafilter_lib.analysis import pruning_figures, viz
+
+    before = plt.get_fignums()
+    trials = pd.DataFrame(
+        {"state": ["COMPLETE"] * 3, "round": [1, 1, 2], "compression": [1.5, 3.0, 2.0], "val_top1_err": [10.0, 12.0, 13.0]}
+    )
+    sparsity = pd.DataFrame({"layer": ["a", "b", "c"], "stage": ["s1", "s1", "s2"], "sparsity": [0.1, 0.5, 0.9]})
+    sweep = pd.DataFrame({"threshold": [0.0, 0.5], "extra_params_frac": [1.0, 0.4], "top1_err_change": [0.0, 1.5]})
+    figures = [
+        pruning_figures.front_figure(trials, references={"dense": (1.0, 9.0)}),
+        pruning_figures.sparsity_figure(sparsity),
+        pruning_figures.compaction_figure(sweep),
+    ]
+    assert all(isinstance(f, Figure) for f in figures) and plt.get_fignums() == before  # nothing in pyplot's list
+    assert pruning_figures.pareto_front(trials)["compression"].tolist() == [1.5, 3.0]  # 2.0 is beaten by 3.0
+    assert viz.save_figure(figures[0], tmp_path / "front.svg").read_text().lstrip().startswith("<?xml")

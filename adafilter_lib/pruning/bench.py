@@ -28,7 +28,9 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from ..analysis.pruning_figures import front_figure
 from ..analysis.results import build_tables
+from ..analysis.viz import save_figure
 from ..core import files, runs
 from ..core.config import RunConfig, load_config, packaged_recipe
 from ..studies import study
@@ -37,7 +39,6 @@ from ..training.finished import load_finished_run
 from ..training.trainer import fit
 from .compaction import compaction_sweep
 from .masks import compression_stats
-from .search import plot_front
 from .study import TRIALS_FILE, run_fine_pruning, run_prune_after_finetune
 
 PRUNING_METHODS = ("finetune", "fine_pruning", "prune_after_finetune")
@@ -170,18 +171,6 @@ def run_pruning_bench(
 
 
 def _write_front(configs: dict[str, RunConfig], summary: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
     trials = pd.read_csv(configs["fine_pruning"].run_dir() / TRIALS_FILE)
     refs = {f"{r.method} (val)": (r.compression, r.val_top1_err) for r in summary.itertuples()}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    plot_front(trials, ax=ax, references=refs)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(front_figure(trials, references=refs), path, dpi=120)

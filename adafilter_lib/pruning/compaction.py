@@ -246,20 +246,3 @@ def compaction_sweep(
     table["top1_err_change"] = table["top1_err"] - base
     first = ["threshold", "extra_params_frac", "top1_err", "val_top1_err", "top1_err_change"]
     return table[first + [c for c in table.columns if c not in first]]
-
-
-def plot_compaction(table, ax=None):
-    """Test error change (points) vs extra parameters per task (% of the backbone), one line per ``variant``."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    groups = table.groupby("variant") if "variant" in table.columns else [("adafilter", table)]
-    for variant, group in groups:
-        ax.plot(100 * group["extra_params_frac"], group["top1_err_change"], marker="o", label=variant)
-        for row in group.itertuples():
-            ax.annotate(f"{row.threshold:g}", (100 * row.extra_params_frac, row.top1_err_change), fontsize=6)
-    ax.axhline(0.0, color="grey", lw=0.5)
-    ax.set_xlabel("extra parameters per task (% of the backbone)")
-    ax.set_ylabel("test error change (points)")
-    ax.legend(fontsize=7)
-    return ax

@@ -14,9 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Optional
 
-import numpy as np
 import pandas as pd
 
 from ..core.errors import KitError
@@ -159,57 +157,3 @@ def trials_frame(db_path: Path) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
-
-
-def pareto_front(trials: pd.DataFrame) -> pd.DataFrame:
-    """The finished trials no other trial beats on both accuracy and compression, by compression."""
-    done = trials[trials["state"] == "COMPLETE"].sort_values(["compression", "val_top1_err"], ascending=[False, True])
-    keep, best_err = [], np.inf
-    for index, row in done.iterrows():  # walking from most to least compressed, keep strict improvements in error
-        if row["val_top1_err"] < best_err:
-            keep.append(index)
-            best_err = row["val_top1_err"]
-    return done.loc[keep].sort_values("compression").reset_index(drop=True)
-
-
-def plot_front(trials: pd.DataFrame, ax=None, references: Optional[dict[str, tuple[float, float]]] = None):
-    """Validation accuracy vs compression of every trial (by round), the Pareto front, and reference points.
-
-    Args:
-        trials: :func:`trials_frame` output.
-        references: {label: (compression, top1 error %)} drawn as stars (e.g. the dense and pruned runs).
-    Returns:
-        The matplotlib Axes.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    done = trials[trials["state"] == "COMPLETE"]
-    for rnd, group in done.groupby("round"):
-        ax.scatter(group["compression"], 100 - group["val_top1_err"], s=18, alpha=0.7, label=f"round {rnd} trials")
-    front = pareto_front(trials)
-    ax.plot(front["compression"], 100 - front["val_top1_err"], color="black", lw=1, label="Pareto front")
-    for label, (compression, err) in (references or {}).items():
-        ax.scatter([compression], [100 - err], marker="*", s=120, label=label)
-    ax.set_xscale("log")
-    times = FuncFormatter(lambda value, _: f"{value:g}x")
-    ax.xaxis.set_major_formatter(times)
-    ax.xaxis.set_minor_formatter(times)
-    ax.tick_params(axis="x", which="minor", labelsize=6)
-    ax.set_xlabel("compression (weights / nonzero weights)")
-    ax.set_ylabel("validation top-1 accuracy (%)")
-    ax.legend(fontsize=7)
-    return ax
-
-
-def plot_sparsity(table: pd.DataFrame, ax=None):
-    """Per-layer sparsity (bars, in execution order) from :func:`adafilter_lib.pruning.masks.sparsity_table`."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(8, 3))[1]
-    codes = pd.factorize(table["stage"])[0]
-    ax.bar(range(len(table)), 100 * table["sparsity"], color=[plt.cm.tab10(c % 10) for c in codes])  # one colour per stage
-    ax.set_xticks(range(len(table)), table["layer"], rotation=90, fontsize=6)
-    ax.set_ylabel("sparsity (%)")
-    return ax
