@@ -33,7 +33,7 @@ from ..core.errors import KitError
 from ..methods import build_method
 from ..methods.adafilter import AdaFilter
 from ..training.finished import load_finished_run
-from ..training.trainer import eval_loader, train_loader
+from ..training.setup import eval_loader, train_loader
 from .records import ID_COLUMNS, as_runs
 
 GATE_OVERRIDES = ("learned", "ones", "zeros")

@@ -212,7 +212,7 @@ def compaction_sweep(
         (vs. threshold 0, i.e. the uncompacted model) and the counts of :func:`extra_params`.
     """
     from ..training.finished import load_finished_run
-    from ..training.trainer import eval_loader
+    from ..training.setup import eval_loader
 
     run = load_finished_run(run_dir, hint="train an adafilter run first")
     cfg, splits, model, device = run.cfg, run.splits, run.model, run.device

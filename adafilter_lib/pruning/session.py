@@ -21,7 +21,7 @@ from ..core import files, runs
 from ..core.config import RunConfig
 from ..core.engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
 from ..core.errors import KitError
-from ..training.trainer import epoch_seed, eval_loader, prepare_run, train_loader
+from ..training.setup import epoch_seed, eval_loader, prepare_run, train_loader
 from . import masks as pruning
 
 

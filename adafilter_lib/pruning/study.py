@@ -36,7 +36,8 @@ from ..core.config import RunConfig
 from ..core.engine import evaluate
 from ..core.errors import KitError
 from ..core.provenance import provenance
-from ..training.trainer import eval_loader, improves
+from ..training.setup import eval_loader
+from ..training.trainer import improves
 from . import masks as pruning
 from .session import Session
 

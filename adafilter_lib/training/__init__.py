@@ -1,5 +1,5 @@
 """One training loop for every method: ``fit`` trains or reuses one run (seeded, resumable, published
-atomically); ``prepare_run`` and the loaders rebuild what a run trained with; ``load_finished_run``
+atomically); ``setup`` (``prepare_run``, the loaders, the seeds) rebuilds what a run trains with; ``load_finished_run``
 gives a finished run's model with its best weights to every analysis.
 
 May import: ``core``, ``data``, ``adafilter``, ``methods``.

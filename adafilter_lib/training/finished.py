@@ -19,7 +19,7 @@ from ..core.errors import KitError
 from ..core.model import TransferModel
 from ..data import DataSplits
 from ..methods import Method
-from .trainer import prepare_run
+from .setup import prepare_run
 
 
 @dataclass
