@@ -100,3 +100,37 @@ def test_two_identical_train_commands_started_together_leave_one_run_and_one_ref
         assert "being trained by another process" in refusal and len(refusal.strip().splitlines()) == 1
     else:  # the second reached the lock only after the first had finished: it reuses the finished run
         assert codes == [0, 0] and all("top1_err" in out for _, out, _ in results)
+
+
+def _finished_run(cfg, summary):
+    folder = runs.RunFolder(cfg)
+    folder.start(force=False)
+    folder.finish(summary)
+    return folder
+
+
+def test_run_folder_life_cycle_reuses_refuses_and_publishes(tmp_path):
+    cfg = load_config(None, [f"runs_root={tmp_path}", "method.name=prune_after_finetune"])
+    folder = runs.RunFolder(cfg)
+    assert folder.reuse(force=False) is None
+    folder.start(force=False)
+    (folder.staging / runs.CHECKPOINT).write_text("x")
+    with pytest.raises(KitError, match="--resume"):
+        folder.check_unfinished(resume=False, force=False)
+    folder.finish({"top1_err": 1.0})
+    assert runs.is_finished(folder.run_dir) and not folder.staging.exists()
+    assert not (folder.run_dir / runs.CHECKPOINT).exists()  # only a resume needs it
+    assert folder.reuse(force=False) == {"top1_err": 1.0} and folder.reuse(force=True) is None
+    other = load_config(None, [f"runs_root={tmp_path}", "method.name=prune_after_finetune", "optim.lr=0.5"])
+    with pytest.raises(KitError, match=r"other settings \(optim.lr\)"):
+        runs.RunFolder(other).reuse(force=False)
+
+
+def test_a_finished_pruning_run_with_other_settings_is_refused_not_reused(tmp_path):
+    from adafilter_lib.pruning.study import run_pruning
+
+    settings = [f"runs_root={tmp_path}", "method.name=prune_after_finetune", "method.fine_pruning.target_sparsity=0.5"]
+    _finished_run(load_config(None, settings), {"top1_err": 3.0})
+    assert run_pruning(load_config(None, settings), progress=False) == {"top1_err": 3.0}  # same settings: reused
+    with pytest.raises(KitError, match="other settings"):
+        run_pruning(load_config(None, [*settings, "optim.lr=0.5"]), progress=False)

@@ -28,8 +28,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from ..core import files, runs
 from ..core.config import RunConfig
@@ -45,18 +46,27 @@ STUDY_FILE, TRIALS_FILE, SPARSITY_FILE, STATE_FILE = "study.db", "trials.csv", "
 TrialHook = Callable[[int, int], None]
 
 
-def _open(cfg: RunConfig, resume: bool, force: bool) -> tuple[runs.RunFolder, Optional[dict], Optional[dict]]:
+@contextmanager
+def _opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[runs.RunFolder, Optional[dict], Optional[dict]]]:
     """The run's folder, the summary of a finished run with these settings (then nothing else to do), and the
-    saved state to resume from (None: fresh start). The same checks as ``fit`` (:class:`~adafilter_lib.core.runs.RunFolder`)."""
+    saved state to resume from (None: fresh start). The same checks as ``fit``
+    (:class:`~adafilter_lib.core.runs.RunFolder`); the run lock is held for the whole block, so two identical
+    commands started together leave one run and one refusal."""
     folder = runs.RunFolder(cfg)
     finished = folder.reuse(force)
     if finished is not None:
-        return folder, finished, None
+        yield folder, finished, None
+        return
     folder.check_unfinished(resume, force)
-    if force:
-        folder.discard()
-    state = runs.load_checkpoint(folder.staging / STATE_FILE) if (folder.staging / STATE_FILE).exists() else None
-    return folder, None, state
+    with folder.lock():
+        finished = folder.reuse(force, "use another runs folder for the new settings")  # finished meanwhile elsewhere
+        if finished is not None:
+            yield folder, finished, None
+            return
+        if force:
+            folder.discard()
+        state = runs.load_checkpoint(folder.staging / STATE_FILE) if (folder.staging / STATE_FILE).exists() else None
+        yield folder, None, state
 
 
 def _start(session: Session, folder: runs.RunFolder, state: Optional[dict]) -> dict:
@@ -146,38 +156,38 @@ def run_fine_pruning(
     """
     from .search import run_round, trials_frame
 
-    folder, finished, state = _open(cfg, resume, force)
-    if finished is not None:
-        return finished
-    session = Session(cfg, folder.staging, progress)
-    state = _start(session, folder, state)
-    opts = session.opts
-    try:
-        if state["done"] < 0:
-            _dense_phase(session, state, opts.warmup_epochs, "warmup")
-        fractions = state["fractions"] or {g: 0.0 for g in session.groups}
-        for round_index in range(state["done"], opts.rounds):
-            start = time.perf_counter()
-            fractions = run_round(session, round_index, fractions, trial_hook)
-            state["search_seconds"] += time.perf_counter() - start
-            start = time.perf_counter()
-            session.apply(fractions, dense=opts.splice)
-            session.train(opts.round_epochs, stream=1 + round_index, fractions=fractions, record=f"round{round_index + 1}")
-            state["train_seconds"] += time.perf_counter() - start
-            state.update(done=round_index + 1, fractions=fractions)
-            _save_state(session, state)
-        best = _final_phase(session, fractions, state)
-    except KitError:
-        folder.discard()
-        raise
-    trials = trials_frame(folder.staging / STUDY_FILE)
-    files.atomic_write_text(folder.staging / TRIALS_FILE, trials.to_csv(index=False))
-    extra = {
-        "trials": int((trials["state"] == "COMPLETE").sum()),
-        "search_epochs": opts.rounds * opts.trials * opts.trial_epochs,
-        "fractions": fractions,
-    }
-    return _finish(session, folder, best, state, extra)
+    with _opened(cfg, resume, force) as (folder, finished, state):
+        if finished is not None:
+            return finished
+        session = Session(cfg, folder.staging, progress)
+        state = _start(session, folder, state)
+        opts = session.opts
+        try:
+            if state["done"] < 0:
+                _dense_phase(session, state, opts.warmup_epochs, "warmup")
+            fractions = state["fractions"] or {g: 0.0 for g in session.groups}
+            for round_index in range(state["done"], opts.rounds):
+                start = time.perf_counter()
+                fractions = run_round(session, round_index, fractions, trial_hook)
+                state["search_seconds"] += time.perf_counter() - start
+                start = time.perf_counter()
+                session.apply(fractions, dense=opts.splice)
+                session.train(opts.round_epochs, stream=1 + round_index, fractions=fractions, record=f"round{round_index + 1}")
+                state["train_seconds"] += time.perf_counter() - start
+                state.update(done=round_index + 1, fractions=fractions)
+                _save_state(session, state)
+            best = _final_phase(session, fractions, state)
+        except KitError:
+            folder.discard()
+            raise
+        trials = trials_frame(folder.staging / STUDY_FILE)
+        files.atomic_write_text(folder.staging / TRIALS_FILE, trials.to_csv(index=False))
+        extra = {
+            "trials": int((trials["state"] == "COMPLETE").sum()),
+            "search_epochs": opts.rounds * opts.trials * opts.trial_epochs,
+            "fractions": fractions,
+        }
+        return _finish(session, folder, best, state, extra)
 
 
 def matching_fine_pruning_dir(cfg: RunConfig) -> Path:
@@ -208,22 +218,22 @@ def run_prune_after_finetune(cfg: RunConfig, resume: bool = False, force: bool =
                 f"or set method.fine_pruning.target_sparsity"
             )
         target = runs.read_summary(source)["sparsity"]
-    folder, finished, state = _open(cfg, resume, force)
-    if finished is not None:
-        return finished
-    session = Session(cfg, folder.staging, progress)
-    state = _start(session, folder, state)
-    try:
-        if state["done"] < 0:
-            _dense_phase(session, state, opts.warmup_epochs + opts.rounds * opts.round_epochs, "dense")
-        # The same layers as Fine-Pruning may prune, one global threshold, no splicing.
-        eligible = [n for names in session.groups.values() for n in names]
-        pruning.set_masks(session.model, pruning.global_magnitude_masks(session.model, target, eligible))
-        best = _final_phase(session, None, state)
-    except KitError:
-        folder.discard()
-        raise
-    return _finish(session, folder, best, state, {"target_sparsity": target})
+    with _opened(cfg, resume, force) as (folder, finished, state):
+        if finished is not None:
+            return finished
+        session = Session(cfg, folder.staging, progress)
+        state = _start(session, folder, state)
+        try:
+            if state["done"] < 0:
+                _dense_phase(session, state, opts.warmup_epochs + opts.rounds * opts.round_epochs, "dense")
+            # The same layers as Fine-Pruning may prune, one global threshold, no splicing.
+            eligible = [n for names in session.groups.values() for n in names]
+            pruning.set_masks(session.model, pruning.global_magnitude_masks(session.model, target, eligible))
+            best = _final_phase(session, None, state)
+        except KitError:
+            folder.discard()
+            raise
+        return _finish(session, folder, best, state, {"target_sparsity": target})
 
 
 def run_pruning(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
