@@ -110,3 +110,6 @@ def test_sweep_of_a_finished_run_measures_validation_frequencies_and_starts_at_t
     out = tmp_path / "compaction.csv"
     assert main(["compact", "--run", str(cfg.run_dir()), "--thresholds", "0", "--out", str(out), "--no-progress"]) == 0
     assert out.read_text().startswith("threshold,extra_params_frac,top1_err")
+    # with progress on and the run given as a string (as the CLI passes it): one line per threshold
+    assert main(["compact", "--run", str(cfg.run_dir()), "--thresholds", "0"]) == 0
+    assert f"[{cfg.run_dir().name}] threshold 0:" in capsys.readouterr().out

@@ -30,6 +30,8 @@ from ..adafilter.layers import GatedConv2d
 from ..adafilter.network import AdaFilterModel
 from ..core.engine import evaluate
 from ..core.errors import KitError
+from ..training.finished import load_finished_run
+from ..training.setup import eval_loader
 
 DEFAULT_THRESHOLDS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.01)
 GATE_OFF_LOGIT = -1e4  # sigmoid(-1e4) == 0: the gate of a dropped filter always says "pretrained"
@@ -211,9 +213,6 @@ def compaction_sweep(
         One row per threshold: ``threshold, extra_params_frac, top1_err, val_top1_err, top1_err_change``
         (vs. threshold 0, i.e. the uncompacted model) and the counts of :func:`extra_params`.
     """
-    from ..training.finished import load_finished_run
-    from ..training.setup import eval_loader
-
     run = load_finished_run(run_dir, hint="train an adafilter run first")
     cfg, splits, model, device = run.cfg, run.splits, run.model, run.device
     if not isinstance(model, AdaFilterModel):
@@ -236,7 +235,7 @@ def compaction_sweep(
         )
         if progress:
             print(
-                f"[{run_dir.name}] threshold {threshold:g}: extra params {100 * rows[-1]['extra_params_frac']:.1f}% of the "
+                f"[{run.run_dir.name}] threshold {threshold:g}: extra params {100 * rows[-1]['extra_params_frac']:.1f}% of the "
                 f"backbone, test err {test['top1_err']:.2f}%",
                 flush=True,
             )
