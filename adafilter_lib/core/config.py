@@ -150,6 +150,11 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def packaged_config_path(*parts: str) -> Path:
+    """A path inside the configs shipped with the package, ``adafilter_lib/configs/<parts>``."""
+    return Path(str(resources.files("adafilter_lib").joinpath("configs", *parts)))
+
+
 def resolve_config(name: str | Path) -> Path:
     """A config given as a YAML path, or by the name of one shipped in the package: ``demo``,
     ``demo_study``, ``paper/<dataset>`` (``adafilter_lib/configs/<name>.yaml``); an existing file wins.
@@ -159,7 +164,7 @@ def resolve_config(name: str | Path) -> Path:
     """
     if Path(name).is_file():
         return Path(name)
-    packaged = Path(str(resources.files("adafilter_lib") / "configs" / f"{name}.yaml"))
+    packaged = packaged_config_path(f"{name}.yaml")
     if packaged.is_file():
         return packaged
     raise KitError(
@@ -171,8 +176,7 @@ def resolve_config(name: str | Path) -> Path:
 def packaged_recipe(name: str) -> dict:
     """A settings file shipped in ``adafilter_lib/configs/recipes/<name>.yaml`` (the smoke recipe, benchmark
     schedules): a mapping whose lists are ``--set``-style settings."""
-    path = Path(str(resources.files("adafilter_lib") / "configs" / "recipes" / f"{name}.yaml"))
-    return read_yaml(path, "packaged recipe", "reinstall the kit (pip install -e .)")
+    return read_yaml(packaged_config_path("recipes", f"{name}.yaml"), "packaged recipe", "reinstall the kit (pip install -e .)")
 
 
 def display_path(path: str | Path) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,7 +21,7 @@ import pandas as pd
 
 from ..analysis.records import runs_of
 from ..analysis.results import error_table, export_table, markdown_table
-from ..core.config import RunConfig
+from ..core.config import RunConfig, packaged_config_path
 from ..core.errors import KitError
 from .recipe import Row, Study, check_study, load_study, run_config
 from .tune import run_study, selection_runs
@@ -33,7 +32,7 @@ DEMO_RECIPE = "demo_study.yaml"
 
 def demo_config_path() -> Path:
     """The demo's base config, shipped inside the package (``adafilter_lib/configs/demo.yaml``)."""
-    return Path(str(resources.files("adafilter_lib") / "configs" / "demo.yaml"))
+    return packaged_config_path("demo.yaml")
 
 
 def demo_study(
@@ -54,7 +53,7 @@ def demo_study(
         overrides: ``key=value`` settings applied last, to every run.
         adafilter_recipes: only these AdaFilter recipes (``gates_adamw``, ``defaults``); one recipe means no choice.
     """
-    study = load_study(Path(str(resources.files("adafilter_lib") / "configs" / DEMO_RECIPE)))
+    study = load_study(packaged_config_path(DEMO_RECIPE))
     changes: dict = {"overrides": tuple(overrides)}
     if runs_root is not None:
         changes["runs_root"] = runs_root

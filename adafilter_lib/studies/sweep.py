@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,7 +21,7 @@ import yaml
 
 from ..analysis.results import build_tables, markdown_table
 from ..core import files, runs
-from ..core.config import RunConfig, load_config, to_dict
+from ..core.config import RunConfig, load_config, packaged_config_path, to_dict
 from ..core.errors import KitError
 from ..training.trainer import fit
 
@@ -54,7 +53,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def paper_config_dir() -> Path:
     """The per-dataset paper configs shipped inside the package (``adafilter_lib/configs/paper/``)."""
-    return Path(str(resources.files("adafilter_lib") / "configs" / "paper"))
+    return packaged_config_path("paper")
 
 
 def plan(
