@@ -9,8 +9,8 @@ import torch
 from adafilter_lib.adafilter.gate_net import binarize_gates
 from adafilter_lib.adafilter.network import GatedSite
 from adafilter_lib.core.config import load_config
-from adafilter_lib.core.engine import build_optimizer
 from adafilter_lib.core.model import ModelOutput, build_transfer_model
+from adafilter_lib.core.optim import build_optimizer
 from adafilter_lib.methods import build_method
 
 X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))

@@ -1,12 +1,12 @@
-"""engine.build_optimizer: one rule per parameter group (SGD beside AdamW) behind one optimizer object."""
+"""optim.build_optimizer: one rule per parameter group (SGD beside AdamW) behind one optimizer object."""
 
 import copy
 
 import torch
 
 from adafilter_lib.core.config import load_config
-from adafilter_lib.core.engine import MixedOptimizer, build_optimizer, build_scheduler
 from adafilter_lib.core.model import build_transfer_model
+from adafilter_lib.core.optim import MixedOptimizer, build_optimizer, build_scheduler
 from adafilter_lib.methods import build_method
 
 

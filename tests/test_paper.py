@@ -152,3 +152,16 @@ def test_sweep_plans_the_paper_protocol_from_the_packaged_configs_in_any_folder(
     assert main(["sweep", "--datasets", "digits", "--methods", "finetune", "--dry-run"]) == 2
     assert "no config for dataset 'digits'" in capsys.readouterr().err
     assert load_config(resolve_config("paper/dtd")).data.dataset == "dtd"  # train --config paper/dtd
+
+
+def test_sweep_keeps_each_configs_labelled_images_per_class_unless_set(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "digits.yaml").write_text("data:\n  dataset: digits\n  n_per_class: 7\n")
+    (configs / "mnist5k.yaml").write_text("data:\n  dataset: mnist5k\n")
+    grid = plan(["digits", "mnist5k"], ["finetune"], [0], str(tmp_path / "runs"), config_dir=str(configs))
+    assert {c.data.dataset: c.data.n_per_class for c in grid} == {"digits": 7, "mnist5k": None}
+    grid = plan(["digits"], ["finetune"], [0], str(tmp_path / "runs"), config_dir=str(configs), overrides=["data.n_per_class=5"])
+    assert grid[0].data.n_per_class == 5
+    with pytest.raises(KitError, match="names the same run twice"):
+        plan(["digits"], ["finetune"], [0, 0], str(tmp_path / "runs"), config_dir=str(configs))

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from adafilter_lib.adafilter.gates import GateRecord, save_gate_record
-from adafilter_lib.analysis import records
+from adafilter_lib.analysis import drift, records
 from adafilter_lib.core.errors import KitError
 
 
@@ -147,17 +147,17 @@ def _save_weights(run, pairs):
 def test_filter_drift_and_its_summary_by_selection_band(root):
     run = root / "a_ada"  # frequencies: l1 filters 1.0 and 0.5, l2 filter 0.5
     _save_weights(run, {"l1": ([[3.0, 4.5], [1.0, 0.0]], [[3.0, 4.0], [1.0, 0.0]]), "l2": ([[2.0, 1.0]], [[2.0, 0.0]])})
-    drift = records.filter_drift(run)
-    np.testing.assert_allclose(drift.frequency, [1.0, 0.5, 0.5])
-    np.testing.assert_allclose(drift.drift, [0.1, 0.0, 0.5], atol=1e-7)  # |(0, .5)| / |(3, 4)|, 0, |(0, 1)| / |(2, 0)|
-    bands = records.drift_by_selection(root)  # the fine-tuning run has no gates and is left out
+    table = drift.filter_drift(run)
+    np.testing.assert_allclose(table.frequency, [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(table.drift, [0.1, 0.0, 0.5], atol=1e-7)  # |(0, .5)| / |(3, 4)|, 0, |(0, 1)| / |(2, 0)|
+    bands = drift.drift_by_selection(root)  # the fine-tuning run has no gates and is left out
     assert bands.run_dir.map(lambda d: Path(d).name).unique().tolist() == ["a_ada"]
-    assert bands.band.tolist() == [band for band, _, _ in records.SELECTION_BANDS]
+    assert bands.band.tolist() == [band for band, _, _ in drift.SELECTION_BANDS]
     np.testing.assert_allclose(bands.share, [0.0, 2 / 3, 1 / 3])
     assert np.isnan(bands.median_drift[0])
     np.testing.assert_allclose(bands.median_drift[1:], [0.25, 0.1], atol=1e-7)
     with pytest.raises(KitError, match="finished AdaFilter run"):
-        records.filter_drift(root / "b_ft")
+        drift.filter_drift(root / "b_ft")
 
 
 def test_drift_command_writes_the_per_run_table(root, tmp_path, capsys):
@@ -169,7 +169,7 @@ def test_drift_command_writes_the_per_run_table(root, tmp_path, capsys):
     out = tmp_path / "drift.csv"
     assert main(["drift", "--runs", str(root), "--out", str(out)]) == 0
     written = pd.read_csv(out)
-    np.testing.assert_allclose(written.share, records.drift_by_selection(root).share)
+    np.testing.assert_allclose(written.share, drift.drift_by_selection(root).share)
     assert "almost always (> 95 %)" in capsys.readouterr().out
 
 

@@ -24,3 +24,15 @@ def test_every_recipe_a_results_readme_or_the_findings_name_exists():
         named |= set(re.findall(r"adafilter_lib/configs/[\w/]+\.yaml", readme.read_text()))
     assert named, "no results README names a recipe file"
     assert [n for n in sorted(named) if not (root / n).is_file()] == []
+
+
+def test_every_tune_command_in_the_docs_names_a_recipe_that_exists():
+    from adafilter_lib.core.config import resolve_config
+
+    root = RESULTS.parent
+    texts = [*RESULTS.rglob("README.md"), *(root / "docs").glob("*.md"), root / "README.md"]
+    texts += list((root / "adafilter_lib" / "configs" / "studies").glob("*.yaml"))
+    # the kit's own studies (a user's file, such as README's my_study.yaml, is an example)
+    named = {m for path in texts for m in re.findall(r"adafilter_lib tune (studies/[\w/.-]+)", path.read_text())}
+    assert "studies/uc_merced_few" in named
+    assert [n for n in sorted(named) if not resolve_config(n).is_file()] == []

@@ -131,3 +131,31 @@ def test_tune_cli_dry_run_and_tables_only_on_an_unfinished_study(tmp_path, capsy
     assert "unknown row" in capsys.readouterr().err
     assert cli.main(["tune", recipe, "--tables-only"]) == 2  # nothing trained yet: one line, no traceback
     assert "no run of this study has finished" in capsys.readouterr().err
+
+
+def test_method_grid_lays_runs_flat_in_grid_order_with_per_task_bases_and_the_callers_set_last(tmp_path):
+    from adafilter_lib.studies.recipe import grid, method_grid
+
+    base = tmp_path / "digits.yaml"
+    base.write_text(yaml.safe_dump({"optim": {"lr": 0.3}, "data": {"resolution": 48}}))
+    study = method_grid(
+        tmp_path / "runs",
+        ["finetune", "adafilter"],
+        {"digits": 4, "mnist5k": None},
+        [0, 1],
+        settings=[*TINY, "optim.head_lr=0.2"],
+        overrides=["optim.head_lr=0.7"],
+        dataset_bases={"digits": base},
+    )
+    configs = grid(study)
+    assert [(c.data.dataset, c.seed, c.method.name) for c in configs] == [
+        (d, s, m) for d in ("digits", "mnist5k") for s in (0, 1) for m in ("finetune", "adafilter")
+    ]
+    assert all(c.run_dir() == tmp_path / "runs" / c.resolved_run_name() for c in configs)  # flat: no <row>/<cell>/
+    digits, mnist = configs[0], configs[-1]
+    assert (digits.optim.lr, digits.data.n_per_class) == (0.3, 4)  # its own base, then the study's n_per_class
+    assert digits.data.resolution == 32  # the study's settings come after the base
+    assert (mnist.optim.lr, mnist.data.n_per_class) == (0.01, None)  # no base: library defaults
+    assert {c.optim.head_lr for c in configs} == {0.7}  # the caller's --set wins over the study's settings
+    with pytest.raises(KitError, match="unknown backbone 'resnet81'"):
+        method_grid(tmp_path, ["finetune"], {"digits": 4}, [0], settings=["model.backbone=resnet81"])

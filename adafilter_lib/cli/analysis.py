@@ -30,7 +30,7 @@ def _add_drift(sub) -> None:
 
 
 def _cmd_drift(args) -> int:
-    from ..analysis.records import drift_by_selection
+    from ..analysis.drift import drift_by_selection
 
     table = drift_by_selection(args.runs_root)
     summary = table.groupby(["method", "dataset", "band"], sort=False)[["share", "median_drift"]].mean()

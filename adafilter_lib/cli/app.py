@@ -14,6 +14,7 @@ from typing import Optional
 from .. import __version__
 from ..core.errors import KitError
 from . import analysis as cli_analysis
+from . import bench as cli_bench
 from . import paper as cli_paper
 from . import pruning as cli_pruning
 from . import tune as cli_tune
@@ -128,82 +129,6 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="time AdaFilter against fine-tuning (training and evaluation steps, same process)")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="backbone name (default: efficientnet_lite0)")
-    p.add_argument("--res", type=int, default=64, help="input resolution in pixels (default: 64)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per model and kind (default: 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--no-channels-last", action="store_true", help="keep the default memory format")
-    p.add_argument(
-        "--out",
-        default="runs/bench",
-        help="folder for the JSON record (default: runs/bench; the committed records are in results/bench: name it to add one)",
-    )
-    p.add_argument(
-        "--also",
-        nargs="+",
-        default=[],
-        metavar="METHOD",
-        help="more methods timed in the same interleaving, e.g. adafilter_all_finetuned (no gate network)",
-    )
-    p.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides for every timed model, e.g. method.adafilter.bn_pretrained=frozen",
-    )
-
-
-def _cmd_bench(args) -> int:
-    from ..core.config import load_config
-    from ..core.model import backbone_spec
-    from ..methods import build_method
-    from ..studies.bench import format_bench, run_bench
-
-    backbone_spec(args.backbone)  # unknown names fail here, with the valid ones listed
-    command = (
-        f"python -m adafilter_lib bench --backbone {args.backbone} --res {args.res} --batch {args.batch} "
-        f"--steps {args.steps} --warmup {args.warmup} --device {args.device}"
-        + (" --no-channels-last" if args.no_channels_last else "")
-        + (f" --also {' '.join(args.also)}" if args.also else "")
-        + (f" --set {' '.join(args.set)}" if args.set else "")
-    )
-    for name in args.also:  # unknown names fail before any model is built, with the valid ones listed
-        build_method(load_config(None, [f"method.name={name}"]))
-    load_config(None, list(args.set))  # and so do unknown keys or invalid values
-    result = run_bench(
-        args.backbone,
-        args.res,
-        args.batch,
-        args.steps,
-        args.warmup,
-        args.device,
-        channels_last=not args.no_channels_last,
-        out_dir=args.out,
-        command=command,
-        also=args.also,
-        overrides=args.set,
-    )
-    print(format_bench(result))
-    return 0
-
-
-def _add_bench_table(sub) -> None:
-    p = sub.add_parser("bench-table", help="the markdown table of every bench record in a folder (what the README shows)")
-    p.add_argument("--records", default="results/bench", help="folder of bench JSON records (default: results/bench)")
-
-
-def _cmd_bench_table(args) -> int:
-    from ..studies.bench import bench_table
-
-    print(bench_table(args.records))
-    return 0
-
-
 def _cmd_list(args) -> int:
     from ..core.model import backbone_names
     from ..data import dataset_names
@@ -229,8 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_table(sub)
     _add_demo(sub)
-    _add_bench(sub)
-    _add_bench_table(sub)
+    cli_bench.add_parsers(sub)
     cli_analysis.add_parsers(sub)
     cli_paper.add_parsers(sub)
     cli_pruning.add_parsers(sub)
@@ -243,9 +167,8 @@ COMMANDS = {
     "train": _cmd_train,
     "table": _cmd_table,
     "demo": _cmd_demo,
-    "bench": _cmd_bench,
-    "bench-table": _cmd_bench_table,
     "list": _cmd_list,
+    **cli_bench.COMMANDS,
     **cli_analysis.COMMANDS,
     **cli_paper.COMMANDS,
     **cli_pruning.COMMANDS,

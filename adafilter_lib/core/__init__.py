@@ -2,7 +2,7 @@
 
 ``errors`` (KitError), ``files`` (atomic writes, JSON lines), ``config`` and ``method_config`` (the
 ``RunConfig`` dataclasses, their YAML loading and the validation of each option), ``model`` (backbone
-registry, ``TransferModel``), ``engine`` (optimizers, schedules, one epoch of training, evaluation),
+registry, ``TransferModel``), ``optim`` (optimizers, schedules), ``engine`` (one epoch of training, evaluation),
 ``runs`` (a run folder's life cycle: staging, lock, checkpoints, publish, the settings check),
 ``distributed``, ``provenance``, ``class_metrics``, ``tb_log``.
 

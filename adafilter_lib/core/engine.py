@@ -17,94 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import OptimConfig
 from .distributed import all_reduce_sum, is_main, world_size
 from .errors import KitError
 from .model import ModelOutput
 
 BatchHook = Callable[[ModelOutput, torch.Tensor, torch.Tensor], None]
-
-
-def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW over the method's parameter groups.
-
-    A group may choose its own rule with an ``"optimizer"`` key (``"sgd"`` or ``"adamw"``; e.g.
-    AdaFilter's ``method.adafilter.gate_optimizer``). Groups of different rules are stepped by one
-    :class:`MixedOptimizer`, so the schedule, the checkpoints and the loop still see one optimizer.
-    """
-    by_rule: dict[str, list[dict]] = {}
-    for group in groups:  # insertion order: the first group stays param_groups[0] (its lr is logged)
-        rule = group.get("optimizer") or cfg.optimizer
-        by_rule.setdefault(rule, []).append({k: v for k, v in group.items() if k != "optimizer"})
-    optimizers = [_single_rule(rule, rule_groups, cfg) for rule, rule_groups in by_rule.items()]
-    return optimizers[0] if len(optimizers) == 1 else MixedOptimizer(optimizers)
-
-
-def _single_rule(rule: str, groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
-    # foreach: one multi-tensor kernel per group instead of a few small ops per parameter, which
-    # matters on CPU for AdaFilter's ~200 small gate-network tensors.
-    if rule == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-            foreach=True,
-        )
-    if rule == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    raise KitError(f"unknown optimizer '{rule}' for a parameter group: use 'sgd' or 'adamw'")
-
-
-class MixedOptimizer(torch.optim.Optimizer):
-    """Several optimizers stepped as one (e.g. SGD for the network, AdamW for a gate network).
-
-    Its ``param_groups`` are the inner optimizers' group dicts themselves, so an LR scheduler built on
-    it sets every inner learning rate; ``state_dict`` holds one state per inner optimizer.
-    """
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
-        self.optimizers = list(optimizers)
-        super().__init__([group for opt in self.optimizers for group in opt.param_groups], defaults={})
-
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for opt in self.optimizers:
-            opt.step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none)
-
-    def state_dict(self) -> dict:
-        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        states = state_dict.get("optimizers")
-        if states is None or len(states) != len(self.optimizers):
-            raise KitError(
-                "the checkpoint's optimizer state does not match this run's optimizers "
-                "(was optim.optimizer or a gate_optimizer changed?): resume with the original config"
-            )
-        for opt, state in zip(self.optimizers, states):
-            opt.load_state_dict(state)
-        # Optimizer.load_state_dict replaces the group dicts: share the new ones, or a scheduler would
-        # keep setting learning rates on dicts no inner optimizer reads any more.
-        self.param_groups = [group for opt in self.optimizers for group in opt.param_groups]
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
-    """A per-step schedule: cosine to zero over all steps, step decay every ``step_size`` epochs, or constant."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "cosine":
-        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    elif cfg.schedule == "step":
-        factor = lambda step: cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
-    else:
-        factor = lambda step: 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def autocast_for(device: torch.device, amp: bool):

@@ -60,7 +60,7 @@ class AdaFilter(Method):
             if group["name"] != "gate_net":
                 continue
             if self.options.gate_optimizer:
-                group["optimizer"] = self.options.gate_optimizer  # engine.build_optimizer honours it
+                group["optimizer"] = self.options.gate_optimizer  # optim.build_optimizer honours it
             if self.options.gate_weight_decay is not None:
                 group["weight_decay"] = self.options.gate_weight_decay  # a per-group value beats optim.weight_decay
         return groups

@@ -19,8 +19,9 @@ import torch
 from ..core import distributed as dist_utils
 from ..core import files, runs
 from ..core.config import RunConfig
-from ..core.engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
+from ..core.engine import evaluate, recalibrate_bn, train_one_epoch
 from ..core.errors import KitError
+from ..core.optim import build_optimizer, build_scheduler
 from ..training.setup import epoch_seed, eval_loader, prepare_run, train_loader
 from . import masks as pruning
 

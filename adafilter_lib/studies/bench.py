@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from ..core.config import load_config
-from ..core.engine import autocast_for, build_optimizer
+from ..core.engine import autocast_for
 from ..core.errors import KitError
 from ..core.files import atomic_write_json
 from ..core.model import build_transfer_model
+from ..core.optim import build_optimizer
 from ..methods import build_method
 
 

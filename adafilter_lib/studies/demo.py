@@ -23,7 +23,7 @@ from ..analysis.records import runs_of
 from ..analysis.results import error_table, export_table, markdown_table
 from ..core.config import RunConfig, packaged_config_path
 from ..core.errors import KitError
-from .recipe import Row, Study, check_study, load_study, run_config
+from .recipe import Row, Study, check_study, grid, load_study
 from .tune import run_study, selection_runs
 from .tune_tables import write_tables
 
@@ -99,17 +99,11 @@ def demo_configs(
     What the training notebooks use: after ``make demo`` their runs are the demo's. ``datasets`` are
     ``(name, labelled images per class)`` pairs (any dataset; default: the demo's).
     """
-    study = demo_study(runs_root, seeds=seeds, overrides=overrides)
-    by_name = {r.name: r for r in study.rows}
-    pairs = list(study.datasets.items()) if datasets is None else [(str(d), n) for d, n in datasets]
-    configs = []
-    for dataset, n in pairs:
-        task = dataclasses.replace(study, datasets={dataset: n})
-        for seed in seeds:
-            for method in methods or list(by_name):
-                row = by_name.get(method) or dataclasses.replace(study.rows[0], name=method, method=method)
-                configs.append(run_config(task, row, dataset, next(iter(row.cells)), seed))
-    return configs
+    study = demo_study(runs_root, seeds=seeds, methods=methods, overrides=overrides)
+    if datasets is not None:
+        study = dataclasses.replace(study, datasets={str(d): n for d, n in datasets})
+        check_study(study)
+    return grid(study)
 
 
 def run_demo(

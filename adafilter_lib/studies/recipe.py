@@ -6,6 +6,11 @@ config name such as ``demo``, or a YAML path), ``set`` (overrides for every run)
 labelled images per class, or null for all}; a value may also be a mapping ``{n_per_class: N, set: [...]}``
 for settings of that task alone), ``seeds``, ``select`` (``first`` or ``all``), ``reference`` (the row
 paired differences are taken against), ``runs``, ``out``, ``rows``. :mod:`adafilter_lib.studies.tune` runs it.
+
+:func:`run_config` is the kit's one grid builder: the notebooks' grids (:mod:`~adafilter_lib.studies.study`),
+``sweep`` and the pruning benchmark describe their grids as a :class:`Study` too (:func:`method_grid`, with
+``flat`` run folders), so every run config is assembled in one order: base, study settings, task, method,
+cell, seed, runs folder, the caller's ``--set``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class Study:
     recipe: Optional[str] = None  # the YAML file it came from (named in the tables' README)
     dataset_settings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per-task overrides
     overrides: tuple[str, ...] = ()  # the caller's --set: applied last, to every run
+    dataset_bases: dict[str, Path] = field(default_factory=dict)  # a task's own base config (sweep: paper/<task>.yaml)
+    flat: bool = False  # every run directly in runs_root (sweep, notebooks, pruning) instead of <runs>/<row>/<cell>/
 
     @property
     def select_seeds(self) -> tuple[int, ...]:
@@ -117,6 +124,7 @@ def check_study(study: Study) -> None:
         raise KitError(f"study 'reference' '{study.reference}' is not a row; choose one of {', '.join(names)}")
     if not study.seeds or len(set(study.seeds)) != len(study.seeds):
         raise KitError("study 'seeds' must list distinct seeds")
+    from ..core.model import backbone_spec
     from ..data import get_spec
     from ..methods import build_method
 
@@ -125,14 +133,16 @@ def check_study(study: Study) -> None:
     for row in study.rows:
         for dataset in study.datasets:
             for cell in row.cells:
-                build_method(run_config(study, row, dataset, cell, study.seeds[0]))
+                cfg = run_config(study, row, dataset, cell, study.seeds[0])
+                build_method(cfg), backbone_spec(cfg.model.backbone)
 
 
 def run_config(study: Study, row: Row, dataset: str, cell: str, seed: int) -> RunConfig:
     """The config of one run: base, study settings, dataset, row settings, cell, seed (later wins)."""
     n = study.datasets[dataset]
+    runs_root = study.runs_root if study.flat else Path(study.runs_root) / row.name / cell
     return load_config(
-        study.base,
+        study.dataset_bases.get(dataset, study.base),
         [
             *study.settings,
             f"data.dataset={dataset}",
@@ -142,10 +152,59 @@ def run_config(study: Study, row: Row, dataset: str, cell: str, seed: int) -> Ru
             *row.settings,
             *row.cells[cell],
             f"seed={seed}",
-            f"runs_root={Path(study.runs_root) / row.name / cell}",
+            f"runs_root={runs_root}",
             *study.overrides,
         ],
     )
+
+
+def grid(study: Study) -> list[RunConfig]:
+    """One config per (dataset, seed, row), each row at its first cell, in that order: a grid without
+    selection (the notebooks', ``sweep``'s, the pruning benchmark's; ``tune`` trains every cell instead)."""
+    return [
+        run_config(study, row, dataset, next(iter(row.cells)), seed)
+        for dataset in study.datasets
+        for seed in study.seeds
+        for row in study.rows
+    ]
+
+
+def method_grid(
+    runs_root: str | Path,
+    methods: Sequence[str],
+    datasets: dict[str, Optional[int]],
+    seeds: Sequence[int],
+    base: Optional[Path] = None,
+    settings: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    dataset_bases: Optional[dict[str, Path]] = None,
+) -> Study:
+    """A checked study of plain method rows whose runs lie directly in ``runs_root`` (see :func:`grid`).
+
+    Args:
+        datasets: ``{dataset: labelled images per class}`` (None: every image).
+        base / settings / overrides: the base config, settings for every run, the caller's ``--set`` (applied last).
+        dataset_bases: per-task base configs, replacing ``base`` for those tasks.
+
+    Raises:
+        KitError: an unknown method, dataset or backbone, or a bad setting (before anything trains).
+    """
+    study = Study(
+        base,
+        tuple(settings),
+        dict(datasets),
+        tuple(int(s) for s in seeds),
+        "first",
+        None,
+        str(runs_root),
+        "",
+        [Row(str(m), str(m)) for m in methods],
+        overrides=tuple(overrides),
+        dataset_bases=dict(dataset_bases or {}),
+        flat=True,
+    )
+    check_study(study)
+    return study
 
 
 def rows_named(study: Study, names: Optional[Sequence[str]]) -> Study:

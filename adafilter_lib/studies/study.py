@@ -17,13 +17,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..core.config import RunConfig, load_config, packaged_recipe
-from ..core.model import backbone_spec
+from ..core.config import RunConfig, packaged_recipe
 from ..core.runs import is_finished
-from ..data import get_spec
-from ..methods import build_method
 from ..training.trainer import fit
 from .demo import demo_configs
+from .recipe import grid, method_grid
 
 # The seconds-long SMOKE recipe (adafilter_lib/configs/recipes/smoke.yaml): datasets, backbone, epochs, seeds
 # and everything else that makes it fast.
@@ -57,30 +55,10 @@ def grid_configs(
         Validated :class:`RunConfig` objects (names and values are checked here, before any training).
     """
     if smoke:
-        configs = [
-            load_config(
-                None,
-                [
-                    *SMOKE_OVERRIDES,
-                    f"data.dataset={d}",
-                    f"data.n_per_class={n}",
-                    f"model.backbone={SMOKE_BACKBONE}",
-                    f"optim.epochs={SMOKE_EPOCHS}",
-                    f"method.name={m}",
-                    f"seed={s}",
-                    f"runs_root={runs_root}",
-                ],
-            )
-            for d, n in SMOKE_DATASETS
-            for s in SMOKE_SEEDS
-            for m in methods
-        ]
-    else:
-        pairs = [(str(d), int(n)) for d, n in datasets]
-        configs = demo_configs(str(runs_root), seeds, pairs, methods, [f"model.backbone={backbone}", f"optim.epochs={epochs}"])
-    for cfg in configs:  # a typo in the last method should not surface after the first ones trained
-        build_method(cfg), get_spec(cfg.data.dataset), backbone_spec(cfg.model.backbone)
-    return configs
+        smoke_settings = (*SMOKE_OVERRIDES, f"model.backbone={SMOKE_BACKBONE}", f"optim.epochs={SMOKE_EPOCHS}")
+        return grid(method_grid(runs_root, methods, dict(SMOKE_DATASETS), SMOKE_SEEDS, settings=smoke_settings))
+    pairs = [(str(d), int(n)) for d, n in datasets]
+    return demo_configs(str(runs_root), seeds, pairs, methods, [f"model.backbone={backbone}", f"optim.epochs={epochs}"])
 
 
 def smoke_config(runs_root: str | Path, method: str) -> RunConfig:

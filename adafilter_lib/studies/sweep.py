@@ -24,6 +24,8 @@ from ..core import files, runs
 from ..core.config import RunConfig, load_config, packaged_config_path, to_dict
 from ..core.errors import KitError
 from ..training.trainer import fit
+from .recipe import grid as recipe_grid
+from .recipe import method_grid
 
 PAPER_REDUCTION = 2.54  # AdaFilter vs fine-tuning, mean top-1 error over 7 datasets (points; Guo et al. 2020)
 # Training-pool sizes of the paper datasets, for --dry-run estimates only.
@@ -74,32 +76,24 @@ def plan(
         KitError: a dataset has no config in ``config_dir`` (a silent fallback would train another protocol).
     """
     folder = Path(config_dir) if config_dir is not None else paper_config_dir()
-    grid = []
+    bases: dict[str, Optional[Path]] = {}
     for dataset in datasets:
         if config is not None:
-            base = None if config == "defaults" else config
+            bases[dataset] = None if config == "defaults" else Path(config)
         else:
-            base = folder / f"{dataset}.yaml"
-            if not base.is_file():
+            bases[dataset] = folder / f"{dataset}.yaml"
+            if not bases[dataset].is_file():
                 known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
                 raise KitError(
                     f"no config for dataset '{dataset}' in '{folder}' (has: {known}); write "
                     f"{dataset}.yaml there, or give every dataset one file with --config FILE"
                 )
-        for method in methods:
-            for seed in seeds:
-                grid.append(
-                    load_config(
-                        base,
-                        [
-                            f"data.dataset={dataset}",
-                            f"method.name={method}",
-                            f"seed={seed}",
-                            f"runs_root={runs_root}",
-                            *overrides,
-                        ],
-                    )
-                )
+    if len(set(seeds)) != len(seeds) or len(set(methods)) != len(methods) or len(set(datasets)) != len(datasets):
+        raise KitError("the sweep grid names the same run twice; remove repeated datasets, methods or seeds")
+    # each task keeps its base config's labelled images per class
+    shots = {d: load_config(bases[d], [f"data.dataset={d}"]).data.n_per_class for d in datasets}
+    study = method_grid(runs_root, methods, shots, seeds, overrides=overrides, dataset_bases=bases)
+    grid = recipe_grid(study)
     names = [c.resolved_run_name() for c in grid]
     if len(set(names)) != len(names):
         raise KitError("the sweep grid names the same run twice; remove repeated datasets, methods or seeds")

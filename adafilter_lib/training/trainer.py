@@ -22,8 +22,9 @@ from ..core import distributed as dist_utils
 from ..core import files, runs
 from ..core.class_metrics import ClassErrors
 from ..core.config import RunConfig
-from ..core.engine import build_optimizer, build_scheduler, evaluate, recalibrate_bn, train_one_epoch
+from ..core.engine import evaluate, recalibrate_bn, train_one_epoch
 from ..core.errors import KitError
+from ..core.optim import build_optimizer, build_scheduler
 from ..core.provenance import provenance
 from ..core.tb_log import closing_logger, epoch_logger, require_tensorboard
 from ..data import DataSplits
