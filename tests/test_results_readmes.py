@@ -15,6 +15,8 @@ def test_every_results_folder_has_a_readme_naming_its_command(folder):
     assert readme.is_file(), f"{folder} has no README.md"
     text = readme.read_text()
     assert re.search(r"python -m adafilter_lib (demo|tune|table|bench|prune-bench|prune|sweep|train|compact)\b", text), readme
+    if folder.name != "bench":  # step-time records: each JSON record holds its own command line instead
+        assert re.search(r"adafilter_lib/configs/[\w/]+\.yaml", text), f"{readme} names no recipe file"
 
 
 def test_every_recipe_a_results_readme_or_the_findings_name_exists():

@@ -1,6 +1,7 @@
 """Selection studies: cells from the recipe, the choice on validation only, other seeds at the chosen cell, tables."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -74,7 +75,10 @@ def test_recipe_errors_are_one_line(tmp_path):
 
 
 def test_study_chooses_on_the_first_seed_trains_others_at_the_choice_and_reuses_runs(tmp_path):
-    study = load_study(_recipe(tmp_path))
+    recipe = tmp_path / "study.yaml"
+    recipe.write_text("# A tiny study.\n#   Command:  tune study.yaml\n" + Path(_recipe(tmp_path)).read_text())
+    study = load_study(recipe)
+    assert study.about == "A tiny study.\n  Command:  tune study.yaml"  # the header comment, indentation kept
     calls = []
 
     def counting_fit(cfg, resume=False, progress=False):
@@ -117,7 +121,8 @@ def test_study_chooses_on_the_first_seed_trains_others_at_the_choice_and_reuses_
         "adafilter_x/test_frac_adaptive_filters_table.csv",
     ):
         assert (out / name).is_file(), name
-    assert "validation error of seed 0 alone" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "validation error of seed 0 alone" in readme and "```text\nA tiny study.\n  Command:  tune study.yaml\n```" in readme
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
     assert run_study(study, progress=False, fit=counting_fit) == chosen  # a second call trains nothing new
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")} == stamps

@@ -52,6 +52,7 @@ class Study:
     overrides: tuple[str, ...] = ()  # the caller's --set: applied last, to every run
     dataset_bases: dict[str, Path] = field(default_factory=dict)  # a task's own base config (sweep: paper/<task>.yaml)
     flat: bool = False  # every run directly in runs_root (sweep, notebooks, pruning) instead of <runs>/<row>/<cell>/
+    about: str = ""  # the recipe file's header comment (what, command, result), quoted in the tables' README
 
     @property
     def select_seeds(self) -> tuple[int, ...]:
@@ -110,9 +111,21 @@ def load_study(path: str | Path) -> Study:
         rows,
         display_path(path),
         per_task,
+        about=header_comment(path),
     )
     check_study(study)
     return study
+
+
+def header_comment(path: Path) -> str:
+    """The comment lines at the top of a YAML file, without their ``#`` (big_vision style: what it is,
+    the command that runs it, what it gave)."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(lines).strip()
 
 
 def check_study(study: Study) -> None:

@@ -137,9 +137,10 @@ def _readme(study: Study, markdown: str, command: str) -> str:
         + ", ".join(f"`{c}`" for c in row.cells)
         for row in study.rows
     )
+    about = f"The recipe's header:\n\n```text\n{study.about}\n```\n\n" if study.about else ""
     return f"""# {Path(study.out_dir).as_posix()}
 
-Written by `{command}` from the run records under `{study.runs_root}` (recipe: `{study.recipe}`).
+{about}Written by `{command}` from the run records under `{study.runs_root}` (recipe: `{study.recipe}`).
 Rerunning the command reuses finished runs, continues unfinished ones and rewrites these files.
 {one_line()} (Each run's `summary.json` records the commit, versions and command it was trained with.)
 
