@@ -56,9 +56,9 @@ USAGE_PENALTY: tuple[str, ...] = tuple(_RECIPE["usage_penalty"])
 
 def bench_config(runs_root: str, method: str, dataset: str, n_per_class: int, overrides: Sequence[str] = ()) -> RunConfig:
     """The demo recipe on ``dataset`` with the benchmark's schedule; ``optim.epochs`` = Fine-Pruning's path epochs."""
-    grid = method_grid(runs_root, [method], {dataset: n_per_class}, [0], demo_config_path(), BENCH_OVERRIDES, overrides)
-    epochs = path_epochs(recipe_grid(grid)[0])
-    return recipe_grid(dataclasses.replace(grid, overrides=(*grid.overrides, f"optim.epochs={epochs}")))[0]
+    bench = method_grid(runs_root, [method], {dataset: n_per_class}, [0], demo_config_path(), BENCH_OVERRIDES, overrides)
+    epochs = path_epochs(recipe_grid(bench)[0])  # the caller's --set may change Fine-Pruning's schedule
+    return recipe_grid(dataclasses.replace(bench, overrides=(*bench.overrides, f"optim.epochs={epochs}")))[0]
 
 
 def path_epochs(cfg: RunConfig) -> int:
