@@ -117,7 +117,8 @@ def test_the_checker_sees_a_backward_import(tmp_path):
 
 
 def test_packaged_recipes_hold_valid_settings():
-    from adafilter_lib.core.config import load_config, packaged_recipe
+    from adafilter_lib.core.config import load_config
+    from adafilter_lib.core.config_files import packaged_recipe
     from adafilter_lib.pruning import bench
     from adafilter_lib.studies import study
 

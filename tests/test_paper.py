@@ -10,7 +10,8 @@ from PIL import Image
 
 from adafilter_lib.cli.app import main
 from adafilter_lib.core import files
-from adafilter_lib.core.config import load_config, resolve_config
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.config_files import resolve_config
 from adafilter_lib.core.errors import KitError
 from adafilter_lib.data import dataset_names
 from adafilter_lib.data.prepare import ARCHIVE_SETS, prepare

@@ -29,7 +29,7 @@ def test_every_recipe_a_results_readme_or_the_findings_name_exists():
 
 
 def test_every_tune_command_in_the_docs_names_a_recipe_that_exists():
-    from adafilter_lib.core.config import resolve_config
+    from adafilter_lib.core.config_files import resolve_config
 
     root = RESULTS.parent
     texts = [*RESULTS.rglob("README.md"), *(root / "docs").glob("*.md"), root / "README.md"]

@@ -33,7 +33,8 @@ def add_run_options(
 
 def config_from_args(args: argparse.Namespace):
     """The RunConfig of defaults, ``--config``, the shortcut flags, then ``--set`` (in that order)."""
-    from ..core.config import load_config, resolve_config
+    from ..core.config import load_config
+    from ..core.config_files import resolve_config
 
     shortcuts = {
         "data.dataset": args.dataset,

@@ -33,7 +33,8 @@ from ..analysis.pruning_figures import front_figure
 from ..analysis.results import build_tables
 from ..analysis.viz import save_figure
 from ..core import files, runs
-from ..core.config import RunConfig, packaged_recipe
+from ..core.config import RunConfig
+from ..core.config_files import packaged_recipe
 from ..studies import study
 from ..studies.demo import demo_config_path
 from ..studies.recipe import grid as recipe_grid

@@ -21,7 +21,8 @@ import pandas as pd
 
 from ..analysis.records import runs_of
 from ..analysis.results import error_table, export_table, markdown_table
-from ..core.config import RunConfig, packaged_config_path
+from ..core.config import RunConfig
+from ..core.config_files import packaged_config_path
 from ..core.errors import KitError
 from .recipe import Row, Study, check_study, grid, load_study
 from .tune import run_study, selection_runs

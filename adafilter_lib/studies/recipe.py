@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..core.config import RunConfig, display_path, load_config, read_yaml, resolve_config
+from ..core.config import RunConfig, load_config
+from ..core.config_files import display_path, read_yaml, resolve_config
 from ..core.errors import KitError
 
 SELECT_RULES = ("first", "all")
@@ -60,7 +61,7 @@ class Study:
 
 
 def base_config_path(name: Optional[str]) -> Optional[Path]:
-    """A recipe's ``base``: a YAML path or a packaged config name (see :func:`~adafilter_lib.core.config.resolve_config`)."""
+    """A recipe's ``base``: a YAML path or a packaged config name (see :func:`~adafilter_lib.core.config_files.resolve_config`)."""
     return None if name is None else resolve_config(name)
 
 

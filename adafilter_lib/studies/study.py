@@ -17,7 +17,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..core.config import RunConfig, packaged_recipe
+from ..core.config import RunConfig
+from ..core.config_files import packaged_recipe
 from ..core.runs import is_finished
 from ..training.trainer import fit
 from .demo import demo_configs

@@ -21,7 +21,8 @@ import yaml
 
 from ..analysis.results import build_tables, markdown_table
 from ..core import files, runs
-from ..core.config import RunConfig, load_config, packaged_config_path, to_dict
+from ..core.config import RunConfig, load_config, to_dict
+from ..core.config_files import packaged_config_path
 from ..core.errors import KitError
 from ..training.trainer import fit
 from .recipe import grid as recipe_grid
