@@ -16,6 +16,7 @@ from adafilter_lib.core.config import load_config
 from adafilter_lib.core.errors import KitError
 from adafilter_lib.core.model import TransferModel, build_transfer_model
 from adafilter_lib.pruning import masks as pruning
+from adafilter_lib.pruning import pruned_state
 from adafilter_lib.pruning.search import objective_value, open_study, to_log_compression, to_sparsity
 from adafilter_lib.pruning.study import STUDY_FILE, TRIALS_FILE, run_fine_pruning, run_prune_after_finetune
 from adafilter_lib.training.trainer import fit
@@ -52,7 +53,7 @@ def test_masks_reach_the_requested_sparsity_per_layer_and_stay_through_training(
     layers = pruning.attach_masks(model)
     requested = {name: [0.0, 0.3, 0.5, 0.9][i % 4] for i, name in enumerate(layers)}
     pruning.set_masks(model, pruning.magnitude_masks(model, requested))
-    table = pruning.sparsity_table(model).set_index("layer")
+    table = pruned_state.sparsity_table(model).set_index("layer")
     for name, s in requested.items():
         assert table.at[name, "weights"] - table.at[name, "nonzero"] == round(s * layers[name].weight_orig.numel()), name
     masks = {n: m.weight_mask.clone() for n, m in layers.items()}
@@ -66,7 +67,7 @@ def test_masks_reach_the_requested_sparsity_per_layer_and_stay_through_training(
     model(torch.randn(2, 3, 32, 32))  # the pre-hook recomputes weight = weight_orig * mask
     for name, module in layers.items():
         assert torch.count_nonzero(module.weight[masks[name] == 0]) == 0, name
-    assert pruning.sparsity_table(model).set_index("layer")["nonzero"].to_dict() == table["nonzero"].to_dict()
+    assert pruned_state.sparsity_table(model).set_index("layer")["nonzero"].to_dict() == table["nonzero"].to_dict()
 
 
 def test_splicing_lets_gradients_reach_pruned_weights_and_masks_change_from_dense_weights():
@@ -87,11 +88,11 @@ def test_splicing_lets_gradients_reach_pruned_weights_and_masks_change_from_dens
 def test_compression_is_computed_from_actual_zero_counts():
     model = _tiny_net([0, 1, -2, 3, 4, 0, 6, -7])  # two weights are zero before any pruning
     pruning.attach_masks(model)
-    stats = pruning.compression_stats(model)
+    stats = pruned_state.compression_stats(model)
     assert stats["nonzero_prunable"] == 6 and stats["compression"] == 8 / 6
     pruning.set_masks(model, pruning.magnitude_masks(model, {"0": 0.5}))  # zeros, then |1| and |-2|
     assert model.features[0].weight.flatten().tolist() == [0, 0, 0, 3, 4, 0, 6, -7]
-    stats = pruning.compression_stats(model)
+    stats = pruned_state.compression_stats(model)
     assert (stats["prunable_params"], stats["nonzero_prunable"], stats["compression"], stats["sparsity"]) == (8, 4, 2.0, 0.5)
     assert (stats["total_params"], stats["nonzero_params"]) == (8 + 9, 4 + 9)  # head: 6 weights + 3 biases, all nonzero
 
@@ -100,17 +101,17 @@ def test_global_prune_reaches_the_overall_sparsity_and_the_export_loads_into_a_p
     model = _resnet().eval()
     pruning.attach_masks(model)
     pruning.set_masks(model, pruning.global_magnitude_masks(model, 0.8))
-    stats = pruning.compression_stats(model)
+    stats = pruned_state.compression_stats(model)
     assert stats["prunable_params"] - stats["nonzero_prunable"] == round(0.8 * stats["prunable_params"])
     images = torch.randn(2, 3, 32, 32)
     plain = _resnet().eval()
-    plain.load_state_dict(pruning.export_pruned(model))
+    plain.load_state_dict(pruned_state.export_pruned(model))
     assert torch.equal(plain(images).logits, model(images).logits)
     again = _resnet().eval()
     pruning.attach_masks(again)
-    pruning.load_pruned(again, pruning.export_pruned(model))
+    pruned_state.load_pruned(again, pruned_state.export_pruned(model))
     assert torch.equal(again(images).logits, model(images).logits)
-    assert pruning.compression_stats(again)["nonzero_prunable"] == stats["nonzero_prunable"]
+    assert pruned_state.compression_stats(again)["nonzero_prunable"] == stats["nonzero_prunable"]
 
 
 def test_stages_group_layers_and_the_log_scale_round_trips():
@@ -142,7 +143,7 @@ def test_a_stage_is_pruned_with_one_threshold_over_its_layers():
     assert model.features[0].weight.flatten().tolist() == [0, 0, 0, 0, 5, 6, 7, 8]
     assert model.features[1].weight.flatten().tolist() == [10, 0]
     pruning.set_masks(model, pruning.group_masks(model, {"all": 0.0}, groups))  # masks are rewritten, not stacked
-    assert pruning.compression_stats(model)["nonzero_prunable"] == 10
+    assert pruned_state.compression_stats(model)["nonzero_prunable"] == 10
     masks = pruning.global_magnitude_masks(model, 0.3, names=["0"])  # 3 of all 10 weights, taken from layer 0 only
     assert int((masks["0"] == 0).sum()) == 3 and set(masks) == {"0"}
 

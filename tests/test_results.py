@@ -219,3 +219,25 @@ def test_table_command_says_which_unfinished_runs_it_left_out(runs_root, tmp_pat
     assert main(["table", "--runs", str(runs_root), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert "note: 1 unfinished run(s) left out of the table (cub_200__finetune__s9.partial)" in err
+
+
+def test_table_reference_writes_differences_paired_by_seed(runs_root, tmp_path, capsys):
+    from adafilter_lib.cli.app import main
+
+    out = tmp_path / "tables"
+    assert main(["table", "--runs", str(runs_root), "--out", str(out), "--reference", "finetune"]) == 0
+    table = pd.read_csv(out / "comparison.csv").set_index(["row", "dataset"])
+    assert list(table.index) == [
+        ("finetune", "cub_200"),
+        ("adafilter", "cub_200"),
+        ("finetune", "mnist5k"),
+        ("adafilter", "mnist5k"),
+    ]
+    cub = table.loc[("adafilter", "cub_200")]  # seeds 0, 1: 8 - 10 and 9 - 12
+    assert (cub["diff_vs_reference"], cub["diff_se"], cub["wins"]) == (pytest.approx(-2.5), pytest.approx(0.5), "2/2")
+    mnist = table.loc[("adafilter", "mnist5k")]  # seed 2 has no fine-tuning run: left out of the pairs
+    assert (mnist["diff_vs_reference"], mnist["diff_se"], mnist["wins"]) == (pytest.approx(0.5), pytest.approx(1.0), "1/2")
+    assert math.isnan(table.loc[("finetune", "cub_200"), "diff_vs_reference"])
+    assert "-2.50 ± 0.50" in (out / "comparison.md").read_text()
+    assert main(["table", "--runs", str(runs_root), "--out", str(out), "--reference", "l2sp"]) == 2
+    assert "reference method 'l2sp' has no finished run here; choose one of" in capsys.readouterr().err

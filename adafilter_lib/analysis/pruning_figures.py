@@ -57,7 +57,7 @@ def front_figure(trials: pd.DataFrame, references: Optional[dict[str, tuple[floa
 
 def sparsity_figure(table: pd.DataFrame) -> Figure:
     """Per-layer sparsity (bars, in execution order, one colour per stage) from
-    :func:`adafilter_lib.pruning.masks.sparsity_table` (``layer, stage, sparsity``)."""
+    :func:`adafilter_lib.pruning.pruned_state.sparsity_table` (``layer, stage, sparsity``)."""
     fig = Figure(figsize=(8, 3), layout="constrained")
     ax = fig.subplots()
     codes = pd.factorize(table["stage"])[0]

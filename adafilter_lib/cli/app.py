@@ -72,6 +72,11 @@ def _add_table(sub) -> None:
     p.add_argument(
         "--metric", default="top1_err", help="summary.json column to tabulate, e.g. test_frac_finetuned (default: top1_err)"
     )
+    p.add_argument(
+        "--reference",
+        metavar="METHOD",
+        help="also write comparison.csv/.md: every method's test error paired by seed against METHOD, ± SE",
+    )
 
 
 def _cmd_table(args) -> int:
@@ -86,6 +91,12 @@ def _cmd_table(args) -> int:
             f"note: {len(left_out)} unfinished run(s) left out of the table ({shown}); finish them with --resume", file=sys.stderr
         )
     print(f"written: {args.out}/{table_stem(args.metric)}.csv, .md, .tex")
+    if args.reference:
+        from ..analysis.results import load_runs
+        from ..studies.tune_tables import write_paired_comparison
+
+        print(write_paired_comparison(load_runs(args.runs_root), args.reference, args.out))
+        print(f"written: {args.out}/comparison.csv, .md")
     return 0
 
 

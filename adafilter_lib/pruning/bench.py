@@ -15,7 +15,8 @@ Files written to ``out_dir`` (all by this code, never by hand):
                      ``sparsity``, ``accuracy_loss`` = top1_err minus fine-tuning's, in points)
 ``compaction.csv``   one row per (variant, threshold): ``threshold, extra_params_frac, top1_err``
                      (+ ``variant``, ``val_top1_err``, ``top1_err_change``, parameter counts)
-``error_table.*``    the error table of the ``main`` runs (:func:`adafilter_lib.analysis.results.build_tables`)
+``error_table.*``    the error table of the ``main`` runs, every seed (:func:`adafilter_lib.analysis.results.build_tables`)
+``comparison.*``     test error paired by seed against fine-tuning, ± SE (:func:`~adafilter_lib.studies.tune_tables.paired_comparison`)
 ``front.png``        validation accuracy vs compression of every Fine-Pruning trial, the front, the runs
 ``README.md``        the command that produced these files and what each column means
 """
@@ -30,7 +31,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from ..analysis.pruning_figures import front_figure
-from ..analysis.results import build_tables
+from ..analysis.results import build_tables, load_runs
 from ..analysis.viz import save_figure
 from ..core import files, runs
 from ..core.config import RunConfig
@@ -39,10 +40,11 @@ from ..studies import study
 from ..studies.demo import demo_config_path
 from ..studies.recipe import grid as recipe_grid
 from ..studies.recipe import method_grid
+from ..studies.tune_tables import write_paired_comparison
 from ..training.finished import load_finished_run
 from ..training.trainer import fit
 from .compaction import compaction_sweep
-from .masks import compression_stats
+from .pruned_state import compression_stats
 from .study import TRIALS_FILE, run_fine_pruning, run_prune_after_finetune
 
 PRUNING_METHODS = ("finetune", "fine_pruning", "prune_after_finetune")
@@ -119,7 +121,9 @@ their own times are `train_seconds` in their `summary.json`).
   gate network, ungated fine-tuned layers; head excluded), `top1_err`, `val_top1_err`, `top1_err_change`
   (vs. threshold 0 of the same run), `top1_err_vs_adafilter` (vs. the default AdaFilter run, uncompacted)
   and the parameter counts.
-- `error_table.*`: the error table of the runs under `main/`; `front.png`: every Fine-Pruning trial.
+- `error_table.*`: the error table of every run under `main/` (all seeds trained there so far; `--set seed=N`
+  adds one); `comparison.csv/.md`: each method's test error paired by seed against `finetune`, ± the standard
+  error of the paired differences; `front.png`: every Fine-Pruning trial of this call's seed.
 """
 
 
@@ -161,6 +165,7 @@ def run_pruning_bench(
     files.atomic_write_text(out / "summary.csv", summary.to_csv(index=False, lineterminator="\n"))
     files.atomic_write_text(out / "compaction.csv", compaction.to_csv(index=False, lineterminator="\n"))
     build_tables(main, out, method_order=[*PRUNING_METHODS, "adafilter"])
+    write_paired_comparison(load_runs(main), "finetune", out)  # every seed trained so far, paired by seed
     _write_front(configs, summary, out / "front.png")
     command = command or (
         f"python -m adafilter_lib prune-bench --dataset {dataset} --n-per-class {n_per_class}"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.errors import KitError
-from . import masks as pruning
+from . import pruned_state
 
 _SEED_STRIDE = 7919  # a distinct, reproducible sampler seed per round
 
@@ -103,7 +103,7 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
         session.model.load_state_dict(start)
         session.apply(proposal, dense=opts.splice)
         val_err = session.train(opts.trial_epochs, stream=1 + round_index, fractions=proposal)
-        stats = pruning.compression_stats(session.model)
+        stats = pruned_state.compression_stats(session.model)
         trial.set_user_attr("val_top1_err", val_err)
         trial.set_user_attr("compression", stats["compression"])
         trial.set_user_attr("sparsity", stats["sparsity"])

@@ -24,6 +24,7 @@ from ..core.errors import KitError
 from ..core.optim import build_optimizer, build_scheduler
 from ..training.setup import epoch_seed, eval_loader, prepare_run, train_loader
 from . import masks as pruning
+from . import pruned_state
 
 
 class Session:
@@ -89,7 +90,7 @@ class Session:
             val = self.validate(stream)
             val_err = val["top1_err"]
             if record is not None:
-                stats = pruning.compression_stats(self.model)
+                stats = pruned_state.compression_stats(self.model)
                 files.append_jsonl(
                     self.staging / runs.METRICS,
                     {

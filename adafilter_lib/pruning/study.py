@@ -40,6 +40,7 @@ from ..core.provenance import provenance
 from ..training.setup import eval_loader
 from ..training.trainer import improves
 from . import masks as pruning
+from . import pruned_state
 from .session import Session
 
 STUDY_FILE, TRIALS_FILE, SPARSITY_FILE, STATE_FILE = "study.db", "trials.csv", "sparsity.csv", "state.pt"
@@ -105,9 +106,9 @@ def _finish(session: Session, folder: runs.RunFolder, best: dict, state: dict, e
     """Measure the test split once, write the pruned model, sparsity table and summary, publish."""
     cfg, model = session.cfg, session.model
     test = evaluate(model, eval_loader(session.splits.test, cfg), session.device, cfg.amp, cfg.channels_last)
-    stats = pruning.compression_stats(model)
-    files.atomic_torch_save(pruning.export_pruned(model), session.staging / runs.BEST)
-    files.atomic_write_text(session.staging / SPARSITY_FILE, pruning.sparsity_table(model).to_csv(index=False))
+    stats = pruned_state.compression_stats(model)
+    files.atomic_torch_save(pruned_state.export_pruned(model), session.staging / runs.BEST)
+    files.atomic_write_text(session.staging / SPARSITY_FILE, pruned_state.sparsity_table(model).to_csv(index=False))
     opts = session.opts
     summary = {
         "top1_err": test["top1_err"],

@@ -62,6 +62,33 @@ def comparison_table(records: pd.DataFrame, reference: Optional[str]) -> pd.Data
     return pd.DataFrame(lines)
 
 
+def paired_comparison(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """:func:`comparison_table` for a plain runs folder: each method one row with one cell, paired by seed
+    against the method ``reference`` (``runs``: :func:`~adafilter_lib.analysis.results.load_runs` rows).
+
+    Raises:
+        KitError: ``reference`` is not among the runs' methods.
+    """
+    methods = list(dict.fromkeys(runs["method"]))
+    if reference not in methods:
+        raise KitError(f"reference method '{reference}' has no finished run here; choose one of {', '.join(methods)}")
+    ordered = [reference, *[m for m in methods if m != reference]]
+    datasets = list(dict.fromkeys(runs["dataset"]))
+    records = runs.assign(row=runs["method"], cell="default", chosen=True)
+    # as tune's tables: per dataset, the reference first, then the other methods in the order they come
+    order = records["dataset"].map(datasets.index) * len(ordered) + records["row"].map(ordered.index)
+    return comparison_table(records.iloc[order.argsort(kind="stable")], reference)
+
+
+def write_paired_comparison(runs: pd.DataFrame, reference: str, out_dir: str | Path) -> str:
+    """Write :func:`paired_comparison` as ``comparison.csv`` and ``comparison.md`` in ``out_dir``; returns the Markdown."""
+    table = paired_comparison(runs, reference)
+    markdown = comparison_markdown(table, reference)
+    atomic_write_text(Path(out_dir) / "comparison.csv", table.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(Path(out_dir) / "comparison.md", markdown)
+    return markdown
+
+
 def comparison_markdown(table: pd.DataFrame, reference: Optional[str]) -> str:
     """The comparison as a Markdown table (errors in %, differences in points, shares as fractions)."""
     header = ["row", "dataset", "chosen cell", "seeds", "test error (%)", "val error (%)"]
