@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 from adafilter_lib.cli.app import main
-from adafilter_lib.core import files
+from adafilter_lib.core import files, runs
 from adafilter_lib.core.config import load_config
 from adafilter_lib.core.config_files import resolve_config
 from adafilter_lib.core.errors import KitError
 from adafilter_lib.data import dataset_names
 from adafilter_lib.data.prepare import ARCHIVE_SETS, prepare
-from adafilter_lib.studies.sweep import paper_config_dir, parse_shard, plan, reduction_line, run_sweep, shard, status
+from adafilter_lib.studies.sweep import paper_config_dir, parse_shard, plan, reduction_line, run_sweep, shard
 from adafilter_lib.training.trainer import fit
 
 PAPER_CONFIGS = sorted(paper_config_dir().glob("*.yaml"))
@@ -117,10 +117,10 @@ def test_sweep_builds_the_table_is_idempotent_and_resumes(standin, tmp_path, cap
 
     with pytest.raises(KeyboardInterrupt):
         fit(killed, progress=False, on_epoch_end=kill)
-    assert status(killed) == "unfinished"
+    assert runs.run_state(killed.run_dir()) == "unfinished"
 
     table = run_sweep(grid, str(tmp_path / "out"), progress=False, method_order=["linear_probe", "finetune"])
-    assert all(status(c) == "finished" for c in grid)
+    assert all(runs.run_state(c.run_dir()) == "finished" for c in grid)
     assert table["seeds"].tolist() == [2, 2] and table["method"].tolist() == ["linear_probe", "finetune"]
     assert len(files.read_jsonl(killed.run_dir() / "metrics.jsonl")) == 2  # resumed, not restarted twice
     stamps = {c.resolved_run_name(): (c.run_dir() / "summary.json").stat().st_mtime_ns for c in grid}

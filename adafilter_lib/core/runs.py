@@ -72,6 +72,13 @@ def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / SUMMARY).is_file()
 
 
+def run_state(run_dir: Path) -> str:
+    """``"finished"``, ``"unfinished"`` (a ``<run>.partial/`` to resume) or ``"to do"``: what study plans print."""
+    if is_finished(run_dir):
+        return "finished"
+    return "unfinished" if staging_dir(run_dir).exists() else "to do"
+
+
 def publish(staging: Path, run_dir: Path) -> None:
     """Move a finished staging directory to its final name, replacing an older finished run.
 

@@ -106,12 +106,6 @@ def shard(grid: list[RunConfig], index: int, count: int) -> list[RunConfig]:
     return grid[index - 1 :: count]
 
 
-def status(cfg: RunConfig) -> str:
-    if runs.is_finished(cfg.run_dir()):
-        return "finished"
-    return "unfinished" if runs.staging_dir(cfg.run_dir()).exists() else "to do"
-
-
 def estimate_hours(cfg: RunConfig, bench_dir: str = "results/bench") -> Optional[float]:
     """Hours for one run from a measured GPU step time (results/bench) and the dataset's size; None if unknown."""
     images = TRAIN_IMAGES.get(cfg.data.dataset)
@@ -162,7 +156,10 @@ def run_sweep(
             hours = estimate_hours(cfg)
             known &= hours is not None
             total += hours or 0.0
-            print(f"{status(cfg):>10}  {cfg.resolved_run_name()}  " + (f"~{hours:.2f} h" if hours is not None else "? h"))
+            print(
+                f"{runs.run_state(cfg.run_dir()):>10}  {cfg.resolved_run_name()}  "
+                + (f"~{hours:.2f} h" if hours is not None else "? h")
+            )
         print(
             f"{len(grid)} runs; "
             + (
@@ -175,7 +172,7 @@ def run_sweep(
         return None
     for number, cfg in enumerate(grid, 1):
         if progress:
-            print(f"[{number}/{len(grid)}] {cfg.resolved_run_name()} ({status(cfg)})", flush=True)
+            print(f"[{number}/{len(grid)}] {cfg.resolved_run_name()} ({runs.run_state(cfg.run_dir())})", flush=True)
         if runs.is_finished(cfg.run_dir()):
             continue
         if gpus > 1:

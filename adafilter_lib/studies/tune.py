@@ -70,7 +70,7 @@ def run_study(
     total = sum(len(c) for *_, c in jobs) + len(study.datasets) * len(study.rows) * (len(study.seeds) - len(study.select_seeds))
     if dry_run:
         for row, dataset, cell, configs in jobs:
-            state = ", ".join(sweep_status(c) for c in configs)
+            state = ", ".join(runs.run_state(c.run_dir()) for c in configs)
             print(f"{row.name:<22} {dataset:<12} {cell:<28} {state}")
         print(
             f"{total} runs in all ({len(jobs)} selection cells x {len(study.select_seeds)} seed(s), then the other seeds "
@@ -118,14 +118,8 @@ def chosen_so_far(study: Study) -> dict[tuple[str, str], str]:
 
 def _fit_one(fit, cfg: RunConfig, index: int, total: int, progress: bool, force: bool = False) -> dict:
     if progress:
-        print(f"[{index}/{total}] {cfg.run_dir()} ({sweep_status(cfg)})", flush=True)
+        print(f"[{index}/{total}] {cfg.run_dir()} ({runs.run_state(cfg.run_dir())})", flush=True)
     return fit(cfg, resume=True, progress=progress, **({"force": True} if force else {}))
-
-
-def sweep_status(cfg: RunConfig) -> str:
-    if runs.is_finished(cfg.run_dir()):
-        return "finished"
-    return "unfinished" if runs.staging_dir(cfg.run_dir()).exists() else "to do"
 
 
 def selection_runs(study: Study, chosen: dict[tuple[str, str], str]) -> list[dict]:
