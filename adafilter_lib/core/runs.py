@@ -198,6 +198,11 @@ class RunFolder:
         refuse_other_settings(self.cfg, self.run_dir, fix)
         return read_summary(self.run_dir)
 
+    def finished_meanwhile(self, force: bool):
+        """:meth:`reuse` again once :meth:`lock` is held: another process may have finished this run while this
+        one set up or waited (its settings are checked the same way)."""
+        return self.reuse(force, "use another runs folder for the new settings")
+
     def check_unfinished(self, resume: bool, force: bool) -> None:
         if self.staging.exists() and not (resume or force):
             raise KitError(f"an unfinished run exists at '{self.staging}'; pass --resume to continue it or --force to start over")

@@ -60,7 +60,7 @@ def _opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[runs.Ru
         return
     folder.check_unfinished(resume, force)
     with folder.lock():
-        finished = folder.reuse(force, "use another runs folder for the new settings")  # finished meanwhile elsewhere
+        finished = folder.finished_meanwhile(force)
         if finished is not None:
             yield folder, finished, None
             return

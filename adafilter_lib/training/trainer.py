@@ -95,7 +95,7 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     dist_utils.barrier()
     if dist_utils.is_main():
         locks.enter_context(folder.lock())  # before anything in staging is touched
-        finished = folder.reuse(force, "use another runs folder for the new settings")  # finished meanwhile elsewhere
+        finished = folder.finished_meanwhile(force)
         if finished is not None:
             return finished
         folder.start(force)
