@@ -26,6 +26,7 @@ def tiny_overrides(tmp_path):
         "optim.epochs=2",
         "optim.lr=0.01",
         "optim.head_lr=0.05",
+        "optim.chance_loss_factor=0",  # random weights, 2 epochs: mechanics, not learning (tests of the check set it)
         f"runs_root={tmp_path / 'runs'}",
     ]
 

@@ -156,7 +156,14 @@ def test_demo_adafilter_recipes_and_overrides_win(tmp_path):
 
 
 def test_demo_chooses_the_adafilter_recipe_on_validation_and_writes_the_tables(tmp_path, capsys):
-    tiny = ["model.backbone=resnet18", "model.pretrained=false", "data.resolution=32", "optim.epochs=1", "data.n_per_class=3"]
+    tiny = [
+        "model.backbone=resnet18",
+        "model.pretrained=false",
+        "optim.chance_loss_factor=0",
+        "data.resolution=32",
+        "optim.epochs=1",
+        "data.n_per_class=3",
+    ]
     study = demo_study(
         str(tmp_path / "runs"),
         str(tmp_path / "out"),
@@ -201,6 +208,7 @@ def test_demo_command_applies_set_overrides_to_every_run(tmp_path, capsys):
                 "--set",
                 "model.backbone=resnet18",
                 "model.pretrained=false",
+                "optim.chance_loss_factor=0",
                 "data.resolution=32",
                 "optim.epochs=1",
                 "data.n_per_class=2",
@@ -236,6 +244,7 @@ def test_demo_command_library_defaults_flag_trains_only_the_library_recipe(tmp_p
                 "--set",
                 "model.backbone=resnet18",
                 "model.pretrained=false",
+                "optim.chance_loss_factor=0",
                 "data.resolution=32",
                 "optim.epochs=1",
                 "data.n_per_class=2",

@@ -188,6 +188,13 @@ def test_folder_errors_are_one_line(tmp_path):
     assert "empty_class" in one_line_error(excinfo)
 
 
+def test_a_folder_with_one_class_is_refused(tmp_path):
+    class_tree(tmp_path / "one", {"cat": 10})
+    with pytest.raises(KitError) as excinfo:
+        build(f"folder:{tmp_path / 'one'}")
+    assert "has 1 class (cat)" in one_line_error(excinfo) and "at least 2" in one_line_error(excinfo)
+
+
 def test_folder_corrupt_image_named_at_build_and_at_load(tmp_path):
     class_tree(tmp_path, {"a": 4, "b": 4})
     bad = tmp_path / "b" / "broken.png"
@@ -407,3 +414,23 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     pixels = np.asarray(image)
     assert pixels.shape == (16, 20, 3) and pixels[..., 0].tolist() == (ramp // 257).astype(np.uint8).tolist()
     assert pixels.mean() < 200  # clipped, it was almost all 255
+
+
+@pytest.mark.parametrize("scale", [1.0, 255.0], ids=["unit", "byte"])
+def test_float_tiff_is_scaled_not_darkened(tmp_path, scale):
+    ramp = np.linspace(0.0, 1.0, 16 * 20, dtype=np.float32).reshape(16, 20)
+    path = tmp_path / "float.tif"
+    Image.fromarray(ramp * scale, mode="F").save(path)
+    with Image.open(path) as raw:
+        assert raw.mode == "F"  # what PIL gives for a 32-bit float TIFF
+    image, _ = FileImages([path], [0])[0]
+    pixels = np.asarray(image)
+    assert pixels[..., 0].tolist() == np.round(ramp * 255).astype(np.uint8).tolist()  # PIL's convert: all 0 or 1
+
+
+def test_float_image_out_of_range_is_one_line(tmp_path):
+    path = tmp_path / "wide.tif"
+    Image.fromarray(np.full((8, 8), 1000.0, dtype=np.float32), mode="F").save(path)
+    with pytest.raises(KitError) as excinfo:
+        FileImages([path], [0])[0]
+    assert str(path) in one_line_error(excinfo) and "scale it to [0, 1]" in one_line_error(excinfo)

@@ -1,6 +1,7 @@
 """The shared training loop: run records, resume equivalence, failures that leave nothing behind, DDP."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import torch
 from adafilter_lib.cli.app import main
 from adafilter_lib.core import files, runs
 from adafilter_lib.core.config import load_config
-from adafilter_lib.core.errors import KitError
+from adafilter_lib.core.engine import check_selected
+from adafilter_lib.core.errors import KitError, RunFailed
 from adafilter_lib.training.trainer import fit, improves
 
 
@@ -21,11 +23,11 @@ def test_a_run_writes_its_records_and_publishes_atomically(tiny_cfg):
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.yaml", "metrics.jsonl", "summary.json"]
     assert not runs.staging_dir(run_dir).exists()
     metrics = files.read_jsonl(run_dir / "metrics.jsonl")
-    assert [m["epoch"] for m in metrics] == [0, 1]
+    assert [m["epoch"] for m in metrics] == [1, 2]  # from 1, as best_epoch in summary.json
     assert summary == json.loads((run_dir / "summary.json").read_text())
     assert summary["num_train"] == 30 and summary["num_val"] == 10  # 4 per class, 1 of them for val
     best = min(metrics, key=lambda m: m["val_top1_err"])  # the first of equal errors ("error", the default rule)
-    assert summary["val_top1_err"] == best["val_top1_err"] and summary["best_epoch"] == best["epoch"] + 1
+    assert summary["val_top1_err"] == best["val_top1_err"] and summary["best_epoch"] == best["epoch"]
     assert 0.0 <= summary["top1_err"] <= 100.0 and summary["num_test"] > 500
     assert load_config(run_dir / "config.yaml") == tiny_cfg
 
@@ -78,21 +80,75 @@ def test_a_finished_run_is_reused_unless_forced(tiny_cfg):
     assert (tiny_cfg.run_dir() / "summary.json").stat().st_mtime_ns != mtime
 
 
-def test_nan_loss_is_a_one_line_error_and_leaves_nothing(tiny_overrides, tmp_path):
+def _assert_failed_and_kept(cfg, err) -> None:
+    """A failed run: a one-line RunFailed naming the run, nothing published, the staging folder kept with its reason."""
+    assert isinstance(err, RunFailed) and "\n" not in str(err) and str(cfg.run_dir()) in str(err) and "optim.lr" in str(err)
+    assert not cfg.run_dir().exists() and runs.run_state(cfg.run_dir()) == "failed"
+    staging = runs.staging_dir(cfg.run_dir())
+    assert not (staging / "summary.json").exists() and runs.failure(cfg.run_dir()) in str(err)
+
+
+def test_nan_loss_fails_the_run_and_keeps_it_for_inspection(tiny_overrides, tmp_path):
     cfg = load_config(None, tiny_overrides + ["optim.lr=1e30", "optim.head_lr=1e30", "optim.epochs=3"])
     with pytest.raises(KitError) as err:
         fit(cfg, progress=False)
-    assert ("NaN" in str(err.value) or "diverged" in str(err.value)) and "optim.lr" in str(err.value)
-    assert "\n" not in str(err.value)
-    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+    assert "NaN" in str(err.value) or "diverged" in str(err.value)
+    _assert_failed_and_kept(cfg, err.value)
+    # a resume repeats the failure without training; --force trains again (and fails again)
+    mtime = (runs.staging_dir(cfg.run_dir()) / runs.FAILED).stat().st_mtime_ns
+    with pytest.raises(RunFailed, match="failed before .* --force"):
+        fit(cfg, resume=True, progress=False)
+    assert (runs.staging_dir(cfg.run_dir()) / runs.FAILED).stat().st_mtime_ns == mtime
+    with pytest.raises(RunFailed):
+        fit(cfg, force=True, progress=False)
 
 
-def test_a_finite_blow_up_is_stopped_like_a_nan_and_leaves_nothing(tiny_overrides, tmp_path):
+def test_a_finite_blow_up_is_stopped_like_a_nan(tiny_overrides, tmp_path):
     cfg = load_config(None, tiny_overrides + ["optim.lr=1e3", "optim.head_lr=1e3"])  # loss 1e10, finite
     with pytest.raises(KitError, match="training diverged in epoch 1: mean loss .* chance level") as err:
         fit(cfg, progress=False)
-    assert "\n" not in str(err.value)
-    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+    _assert_failed_and_kept(cfg, err.value)
+
+
+def test_one_step_per_epoch_blow_up_fails_on_the_weights_and_validation(tiny_overrides):
+    # one batch per epoch: the only training loss is measured before the step that blows the weights up
+    cfg = load_config(None, tiny_overrides + ["data.batch_size=64", "optim.epochs=1", "optim.lr=1e30", "optim.head_lr=1e30"])
+    with pytest.raises(KitError) as err:
+        fit(cfg, progress=False)
+    assert "validation loss" in str(err.value) or "weight tensor" in str(err.value)
+    _assert_failed_and_kept(cfg, err.value)
+
+
+def test_a_finite_run_far_above_chance_fails(tiny_overrides):
+    # lr 1e6 on one step per epoch keeps the weights finite but the outputs confidently wrong
+    cfg = load_config(
+        None,
+        tiny_overrides
+        + ["data.batch_size=64", "optim.epochs=1", "optim.lr=1e6", "optim.head_lr=1e6", "optim.chance_loss_factor=3"],
+    )
+    with pytest.raises(KitError) as err:
+        fit(cfg, progress=False)
+    _assert_failed_and_kept(cfg, err.value)
+
+
+def test_check_selected_limits_the_chosen_epochs_validation_loss():
+    check_selected(3 * math.log(10) - 1e-9, 1.0, 10, 3.0)  # just under the limit
+    check_selected(1e9, 1.0, 10, 0.0)  # 0: no limit
+    with pytest.raises(RunFailed, match="over 3x the chance level ln\\(10\\) = 2.30"):
+        check_selected(3 * math.log(10) + 1e-6, 1.0, 10, 3.0)
+    with pytest.raises(RunFailed, match="test loss is nan"):
+        check_selected(1.0, float("nan"), 10, 3.0)
+
+
+def test_a_run_of_a_pretrained_model_passes_the_chance_check(tiny_overrides):
+    # the check's default does not refuse a learning run: Lite0 with ImageNet weights, one epoch on 4 digits per class
+    cfg = load_config(
+        None,
+        tiny_overrides
+        + ["model.backbone=efficientnet_lite0", "model.pretrained=true", "optim.epochs=1", "optim.chance_loss_factor=3"],
+    )
+    summary = fit(cfg, progress=False)
+    assert summary["top1_err"] < 90.0
 
 
 def test_identical_runs_write_identical_weight_files(tiny_overrides, tmp_path):
@@ -171,7 +227,7 @@ def test_error_then_loss_picks_the_lowest_loss_among_the_lowest_errors(tiny_over
     summary = fit(cfg, progress=False)
     metrics = files.read_jsonl(cfg.run_dir() / "metrics.jsonl")
     best = min(metrics, key=lambda m: (m["val_top1_err"], m["val_loss"]))
-    assert summary["best_epoch"] == best["epoch"] + 1 and summary["val_top1_err"] == best["val_top1_err"]
+    assert summary["best_epoch"] == best["epoch"] and summary["val_top1_err"] == best["val_top1_err"]
     with pytest.raises(KitError, match="optim.selection must be one of error, error_then_loss; got 'loss'"):
         load_config(None, tiny_overrides + ["optim.selection=loss"])
 

@@ -21,6 +21,7 @@ TINY = [
     "data.batch_size=8",
     "model.backbone=resnet18",
     "model.pretrained=false",
+    "optim.chance_loss_factor=0",  # random weights: mechanics, not learning
     "optim.epochs=1",
     "device=cpu",
 ]
@@ -61,6 +62,56 @@ def test_choice_is_lowest_val_error_then_val_loss_then_recipe_order():
     assert choose_cell({"a": (10.0, 0.5), "b": (5.0, 0.9), "c": (5.0, 0.9)}) == "b"
     assert choose_cell({"a": (5.0, 0.7), "b": (5.0, 0.6)}) == "b"
     assert choose_cell({"a": (5.0, 0.6), "b": (5.0, 0.6)}) == "a"
+
+
+def test_choice_never_prefers_a_failed_cell_or_a_nan_loss():
+    assert choose_cell({"lr1e30": None, "lr0.01": (90.0, 2.3)}) == "lr0.01"
+    assert choose_cell({"a": (90.0, math.nan), "b": (90.0, 2.3)}) == "b"  # a NaN loss ranks last, whatever the order
+    assert choose_cell({"a": None, "b": None}) is None
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        (
+            {"rows": {"finetune": {"grdi": {"optim.lr": [0.01, 0.02]}}}},
+            "unknown key 'grdi' in 'rows.finetune' (did you mean 'grid'?)",
+        ),
+        (
+            {"datasets": {"digits": {"n_per_clas": 5}}},
+            "unknown key 'n_per_clas' in 'datasets.digits' (did you mean 'n_per_class'?)",
+        ),
+        ({"seed": [0]}, "unknown key 'seed' in 'the file' (did you mean 'seeds'?)"),
+        ({"rows": ["finetune"]}, "'rows' must be a non-empty mapping"),
+        ({"rows": {"finetune": {"grid": {"optim.lr": 0.01}}}}, "'rows.finetune.grid.optim.lr' must be a non-empty list"),
+        ({"seeds": "abc"}, "'seeds' must be a list of whole numbers"),
+        ({"set": "optim.lr=0.1"}, "'set' must be a list of key=value settings"),
+        ({"datasets": {"digits": "five"}}, "'datasets.digits' must be a number of images per class"),
+        ({"rows": {"finetune": {"grid": {"optim.lr": [math.inf]}}}}, "cell 'lrinf': config value 'optim.lr' must be a finite"),
+        ({"rows": {"finetune": {"set": ["optim.lr=["]}}}, "override 'optim.lr=[': the value is not valid YAML"),
+    ],
+)
+def test_recipe_mistakes_are_refused_with_the_file_and_the_key(tmp_path, changes, fragment):
+    path = _recipe(tmp_path, **changes)
+    with pytest.raises(KitError) as err:
+        load_study(path)
+    assert str(err.value).startswith(f"study recipe '{path}': ") and fragment in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_failed_cell_is_recorded_and_never_chosen(tmp_path):
+    grid = {"finetune": {"grid": {"optim.lr": [1e30, 0.01]}, "set": ["optim.head_lr=0.05"]}}
+    study = load_study(_recipe(tmp_path, rows=grid, seeds=[0]))
+    chosen = run_study(study, progress=False)
+    assert chosen == {("finetune", "digits"): "lr0.01"}
+    records = pd.DataFrame(selection_runs(study, chosen)).set_index("cell")
+    assert records.loc["lr1e+30", "status"] == "failed" and "optim.lr" in records.loc["lr1e+30", "failure"]
+    assert math.isnan(records.loc["lr1e+30", "top1_err"]) and records.loc["lr0.01", "status"] == "finished"
+    table = write_tables(study, selection_runs(study, chosen), "tune")
+    assert table["cell"].tolist() == ["lr0.01"]
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    assert cells.set_index("cell").loc["lr1e+30", "status"] == "failed"
+    assert run_study(study, progress=False) == chosen  # a second run repeats nothing: the failure is recorded
 
 
 def test_recipe_errors_are_one_line(tmp_path):

@@ -6,8 +6,7 @@ usage per epoch (its ``val_frac_by_layer``), the test split's per-layer and per-
 (``gate_usage.csv``) and per-filter selection frequencies (``gates.npz``). Every frame is tidy (one
 row per observation) and carries the run's identity columns, so seaborn can facet or colour by them.
 
-Epochs are numbered from 1 here, as ``best_epoch`` in ``summary.json`` is (``metrics.jsonl`` counts
-from 0).
+Epochs are numbered from 1, as in every record (``metrics.jsonl``, ``best_epoch`` in ``summary.json``).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import pandas as pd
 
 from ..adafilter.gates import GATES_FILE, USAGE_FILE, GateRecord
 from ..core.errors import KitError
-from ..core.files import read_jsonl
+from ..core.files import read_metrics
 from ..core.runs import METRICS, is_finished
 from .results import load_runs
 
@@ -102,9 +101,9 @@ def load_metrics(runs: RunsLike) -> pd.DataFrame:
     """
     rows = []
     for run in as_runs(runs)[ID_COLUMNS].to_dict("records"):
-        for record in read_jsonl(Path(run["run_dir"]) / METRICS):
+        for record in read_metrics(Path(run["run_dir"]) / METRICS):
             scalars = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
-            rows.append({**run, **scalars, "epoch": int(record["epoch"]) + 1})
+            rows.append({**run, **scalars, "epoch": int(record["epoch"])})
     return pd.DataFrame(rows, columns=None if rows else ID_COLUMNS + ["epoch"])
 
 
@@ -139,12 +138,12 @@ def usage_over_epochs(runs: RunsLike) -> pd.DataFrame:
     """
     rows = []
     for run in as_runs(runs)[ID_COLUMNS].to_dict("records"):
-        for record in read_jsonl(Path(run["run_dir"]) / METRICS):
+        for record in read_metrics(Path(run["run_dir"]) / METRICS):
             for index, (layer, frac) in enumerate((record.get("val_frac_by_layer") or {}).items()):
                 rows.append(
                     {
                         **run,
-                        "epoch": int(record["epoch"]) + 1,
+                        "epoch": int(record["epoch"]),
                         "layer": layer,
                         "layer_index": index,
                         "frac_finetuned": float(frac),

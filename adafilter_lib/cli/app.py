@@ -125,6 +125,7 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="config overrides for every run, e.g. method.adafilter.gate_bias_init=0.5 (use a separate --runs folder)",

@@ -23,7 +23,9 @@ def add_run_options(
         p.add_argument("--epochs", type=int, help="number of training epochs")
     p.add_argument("--seed", type=int, help="run seed (the data split uses data.split_seed)")
     p.add_argument("--runs", dest="runs_root", help="folder that holds run directories (default: runs)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.01")
+    p.add_argument(
+        "--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.01"
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue an unfinished run (finished epochs, rounds and trials are kept)"
     )

@@ -31,6 +31,7 @@ def _add_bench(sub) -> None:
     p.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="config overrides for every timed model, e.g. method.adafilter.bn_pretrained=frozen",

@@ -76,7 +76,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--n-per-class", type=int, default=20, help="labelled images per class (default: 20)")
     p.add_argument("--runs", dest="runs_root", default="runs/pruning", help="run directories (default: runs/pruning)")
     p.add_argument("--out", default="results/pruning", help="result folder (default: results/pruning)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     p.add_argument("--no-progress", action="store_true", help="hide per-epoch lines")
 
 

@@ -8,6 +8,7 @@ then ``key=value`` overrides on dotted paths (``optim.lr=0.01``), and saved besi
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +16,7 @@ from typing import Any, Optional
 import yaml
 
 from .config_files import read_yaml
-from .errors import KitError
+from .errors import KitError, unknown_name
 from .method_config import MethodConfig
 
 SELECTION_RULES = ("error", "error_then_loss")  # how the best epoch is chosen (trainer.improves)
@@ -57,6 +58,8 @@ class OptimConfig:
     epochs: int = 10
     precise_bn: bool = True  # recompute BN statistics on the training data after each epoch
     selection: str = "error"  # best epoch: lowest val error, ties keep the earlier; "error_then_loss": ties by val loss
+    chance_loss_factor: float = 3.0  # a run whose chosen epoch's val loss exceeds this x ln(classes) failed (0: no check;
+    # smoke runs of random-weight models measure mechanics, not learning)
 
 
 @dataclass
@@ -98,7 +101,7 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     for key, value in values.items():
         path = f"{prefix}{key}"
         if key not in fields:
-            raise KitError(f"unknown config key '{path}'; valid keys here: {', '.join(fields)}")
+            raise unknown_name("config key", path, [f"{prefix}{name}" for name in fields])
         default = getattr(cls(), key)
         if dataclasses.is_dataclass(default):
             kwargs[key] = from_dict(type(default), value or {}, prefix=f"{path}.")
@@ -115,14 +118,16 @@ def _coerce(path: str, value: Any, default: Any, annotation: Any) -> Any:
         raise KitError(f"config value '{path}' cannot be empty; give a {type(default).__name__}")
     kind = type(default) if default is not None else _optional_inner(annotation)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if kind is float and isinstance(value, str):
         try:  # PyYAML reads "1e-3" (no dot) as a string; accept it as the number it means
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if kind is not None and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise KitError(f"config value '{path}' must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):  # no setting of the kit means anything at inf or NaN
+        raise KitError(f"config value '{path}' must be a finite number, got {value!r}")
     return value
 
 
@@ -135,8 +140,9 @@ def _optional_inner(annotation: Any) -> Optional[type]:
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=value`` strings (values parsed as YAML scalars) onto nested dicts, in order."""
+    """Apply ``a.b=value`` strings (values parsed as YAML) onto nested dicts, in order (a later key wins)."""
     for item in overrides:
+        item = str(item)
         if "=" not in item:
             raise KitError(f"override '{item}' is not of the form key=value (e.g. optim.lr=0.01)")
         key, raw = item.split("=", 1)
@@ -146,8 +152,19 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise KitError(f"override '{item}': '{part}' is a value, not a section")
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        node[leaf] = parse_value(raw, item)
     return values
+
+
+def parse_value(raw: str, item: str):
+    """The YAML value of one ``key=value`` override (empty: null); a one-line KitError if it is not YAML."""
+    if not raw.strip():
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise KitError(f"override '{item}': the value is not valid YAML ({problem}); quote it or fix it") from None
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> RunConfig:
@@ -158,6 +175,11 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             f"config file '{path}' must hold a mapping of sections (data:, model:, optim:, ...), "
             f"not a {type(values).__name__}; see adafilter_lib/configs/demo.yaml"
         )
+    if path is not None:
+        try:  # the file alone first, so that its own mistakes are reported with its name
+            validate(from_dict(RunConfig, values))
+        except KitError as err:
+            raise KitError(f"config file '{path}': {err}") from None
     values = apply_overrides(values, overrides or [])
     cfg = from_dict(RunConfig, values)
     validate(cfg)
@@ -182,11 +204,17 @@ def validate(cfg: RunConfig) -> None:
         ),
         (cfg.optim.lr > 0 and cfg.optim.head_lr > 0, "optim.lr and optim.head_lr must be positive"),
         (cfg.optim.epochs >= 1, "optim.epochs must be at least 1"),
+        (0.0 <= cfg.optim.momentum < 1.0, "optim.momentum must lie in [0, 1)"),
+        (cfg.optim.step_size >= 1 and 0.0 < cfg.optim.gamma <= 1.0, "optim.step_size must be at least 1, gamma in (0, 1]"),
         (
             cfg.optim.selection in SELECTION_RULES,
             f"optim.selection must be one of {', '.join(SELECTION_RULES)}; got '{cfg.optim.selection}'",
         ),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be 0 or more"),
+        (
+            cfg.optim.chance_loss_factor == 0 or cfg.optim.chance_loss_factor >= 1,
+            "optim.chance_loss_factor must be 0 (off) or at least 1",
+        ),
         (0.0 <= cfg.model.head_dropout < 1.0, "model.head_dropout must lie in [0, 1)"),
         (cfg.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got '{cfg.device}'"),
         (

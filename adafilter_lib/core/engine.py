@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .distributed import all_reduce_sum, is_main, world_size
-from .errors import KitError
+from .errors import RunFailed
 from .model import ModelOutput
 
 BatchHook = Callable[[ModelOutput, torch.Tensor, torch.Tensor], None]
@@ -52,14 +52,16 @@ def train_one_epoch(
     log_every: int = 10,
     on_batch: Optional[BatchHook] = None,
 ) -> dict:
-    """One pass over ``loader``; returns mean ``loss``, ``top1_err`` (%), ``lr`` and ``seconds``.
+    """One pass over ``loader``; returns mean ``loss``, ``top1_err`` (%), ``lr`` (the mean rate of the epoch's steps)
+    and ``seconds``.
 
     Raises:
-        KitError: when the loss becomes NaN or infinite (with the epoch and the fix).
+        RunFailed: when the loss becomes NaN or infinite, or diverges (with the epoch and the fix).
     """
     method.train_mode(model)
     start = time.perf_counter()
     totals = torch.zeros(3, device=device)  # loss sum, wrong count, sample count
+    lrs = []  # the rate each step used (read before the scheduler moves it on)
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not (progress and is_main()))
     for step, (images, labels) in enumerate(bar):
         images, labels = _to_device(images, labels, device, channels_last)
@@ -70,6 +72,7 @@ def train_one_epoch(
             total_loss = loss if extra is None else loss + extra
         optimizer.zero_grad(set_to_none=True)
         total_loss.backward()
+        lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
         with torch.no_grad():
@@ -88,7 +91,7 @@ def train_one_epoch(
     return {
         "loss": totals[0].item() / count,
         "top1_err": 100.0 * totals[1].item() / count,
-        "lr": optimizer.param_groups[0]["lr"],
+        "lr": sum(lrs) / max(len(lrs), 1),  # the mean rate of the epoch's steps (first group: the backbone)
         "seconds": time.perf_counter() - start,
     }
 
@@ -162,9 +165,50 @@ def evaluate(
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int) -> None:
     if not torch.isfinite(loss_sum).item():
-        raise KitError(
+        raise RunFailed(
             f"training loss became NaN/inf in epoch {epoch + 1}; lower optim.lr / optim.head_lr "
             "or check the data for invalid values"
+        )
+
+
+def check_epoch(model: nn.Module, val: dict, epoch: int) -> None:
+    """Stop a run whose epoch ended with a validation loss or a weight that is not finite (one sync per epoch).
+
+    Args:
+        model: the trained model; every floating tensor of its ``state_dict`` (weights and BN statistics) is checked.
+        val: :func:`evaluate`'s result on the validation split.
+        epoch: 0-based, for the message.
+
+    Raises:
+        RunFailed: naming what is not finite and the likely fix.
+    """
+    if not math.isfinite(val["loss"]):
+        raise RunFailed(f"validation loss is {val['loss']} after epoch {epoch + 1}; lower optim.lr / optim.head_lr")
+    tensors = [t for t in model.state_dict().values() if torch.is_floating_point(t)]
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else torch.tensor(True)
+    if not finite.item():
+        bad = sum(1 for t in tensors if not torch.isfinite(t).all())
+        raise RunFailed(f"{bad} weight tensor(s) hold NaN/inf after epoch {epoch + 1}; lower optim.lr / optim.head_lr")
+
+
+def check_selected(val_loss: float, test_loss: float, num_classes: int, chance_factor: float) -> None:
+    """Refuse to publish a model whose selected epoch is no better than a confident guess.
+
+    Chance level is ln(K), the loss of uniform outputs. A run whose chosen epoch's validation loss stays above
+    ``chance_factor`` x ln(K) (``optim.chance_loss_factor``, 3 by default) has outputs that are confidently
+    wrong on most validation images: a blow-up that stayed finite (``optim.lr=1e6`` gave 13-166 against
+    ln(10) = 2.3), not a model.
+
+    Raises:
+        RunFailed: the test loss is not finite, or the validation loss is over the limit (``chance_factor`` 0: no limit).
+    """
+    if not math.isfinite(test_loss):
+        raise RunFailed(f"test loss is {test_loss}; lower optim.lr / optim.head_lr")
+    chance = math.log(max(num_classes, 2))
+    if chance_factor and val_loss > chance_factor * chance:
+        raise RunFailed(
+            f"the chosen epoch's validation loss {val_loss:.3g} is over {chance_factor:g}x the chance level "
+            f"ln({num_classes}) = {chance:.2f} (optim.chance_loss_factor): the model did not learn; lower optim.lr / optim.head_lr"
         )
 
 
@@ -180,7 +224,7 @@ def _check_not_diverged(mean_loss: float, num_classes: int, epoch: int) -> None:
     """
     limit = DIVERGED_FACTOR * math.log(max(num_classes, 2))
     if mean_loss > limit:
-        raise KitError(
+        raise RunFailed(
             f"training diverged in epoch {epoch + 1}: mean loss {mean_loss:.3g} is over {DIVERGED_FACTOR:g}x "
             f"the chance level ln({num_classes}) = {math.log(max(num_classes, 2)):.2f}; lower optim.lr / optim.head_lr"
         )

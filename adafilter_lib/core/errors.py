@@ -16,9 +16,18 @@ class KitError(Exception):
     """A problem caused by the user's input; the message is one line and says how to fix it."""
 
 
+class RunFailed(KitError):
+    """A run that trained but whose numbers cannot be trusted: a loss or a weight that is not finite, or a loss
+    far above chance level. Such a run is never published; its staging folder stays for inspection."""
+
+
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> KitError:
     """Build the error for an unknown registry name, listing the valid ones (closest first)."""
     valid = sorted(valid)
-    close = get_close_matches(name, valid, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return KitError(f"unknown {kind} '{name}'{hint}; valid {kind}s: {', '.join(valid)}")
+    return KitError(f"unknown {kind} '{name}'{did_you_mean(name, valid)}; valid {kind}s: {', '.join(valid)}")
+
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """`` (did you mean 'X'?)`` for the valid name closest to ``name``, or ``""`` when none is close."""
+    close = get_close_matches(name, list(valid), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

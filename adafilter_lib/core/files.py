@@ -1,19 +1,23 @@
-"""Atomic file writes and JSON lines: the leaf every module that writes results uses (imports nothing of the kit).
+"""Atomic file writes and JSON lines: the leaf every module that writes results uses (imports only ``errors``).
 
 A reader (a table, a notebook, a second process) never sees a half-written file: every write goes to a
-temporary file in the same folder and is renamed over the target.
+temporary file in the same folder and is renamed over the target. JSON is strict: a NaN or infinity is
+written as ``null`` (Python's ``json`` would write the bare word ``NaN``, which no other JSON reader takes).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .errors import KitError
 
 
 def _temporary(path: Path) -> tuple[int, str]:
@@ -51,8 +55,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every float that is not finite replaced by None (nested dicts and lists included)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(value) for value in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -70,12 +85,43 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON line (metrics are rewritten atomically on resume, see ``truncate_metrics``)."""
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.write(json.dumps(strict_json(record), sort_keys=True, allow_nan=False) + "\n")
         handle.flush()
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[dict]:
+    """The records of a JSON-lines file (none if it does not exist).
+
+    Args:
+        torn_tail_ok: drop a last line that a kill cut short (no newline, not JSON); what a resume reads.
+
+    Raises:
+        KitError: a line is not JSON (one line naming the file and the line).
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if torn_tail_ok and number == len(lines) and not text.endswith("\n"):
+                break
+            raise KitError(
+                f"'{path}' line {number} is not JSON ({err.msg}); the run's records are damaged: retrain it with --force"
+            ) from None
+    return records
+
+
+def read_metrics(path: Path, torn_tail_ok: bool = False) -> list[dict]:
+    """The per-epoch records of a run's ``metrics.jsonl`` with ``epoch`` counted from 1, as in ``summary.json``
+    (records written by kit versions before this rule counted from 0: they are shifted)."""
+    records = read_jsonl(path, torn_tail_ok)
+    if records and records[0].get("epoch") == 0:
+        records = [{**r, "epoch": int(r["epoch"]) + 1} for r in records]
+    return records

@@ -7,11 +7,14 @@ Layout of one run (``<runs_root>/<run_name>/``)::
     summary.json     final numbers: top1_err (test, %), val_top1_err, best_epoch, ... ; written last
     checkpoint.pt    latest epoch (model, optimizer, scheduler, best-so-far); enables --resume
     best.pt          weights of the epoch with the lowest validation error
+    failed.json      only in a staging folder: why the run failed (it is never published)
 
 A run is trained in ``<run_name>.partial/`` and renamed to ``<run_name>/`` only when it finished, so
-readers (tables, notebooks) never see half-written runs. A run that fails for a user-caused reason
-(NaN loss, bad data) removes its staging directory; a run that is killed leaves it behind, and
-``--resume`` continues from its last checkpoint.
+readers (tables, notebooks) never see half-written runs. A run whose numbers cannot be trusted (a loss or
+weight that is not finite, a loss far above chance: :class:`~adafilter_lib.core.errors.RunFailed`) keeps
+its staging directory with ``failed.json`` for inspection and is never published; ``--resume`` repeats the
+failure without training (``--force`` trains it again). A run that is killed leaves its staging directory
+behind, and ``--resume`` continues from its last checkpoint (or publishes it, if it had finished).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 try:
     import fcntl
@@ -32,8 +35,8 @@ import torch
 import yaml
 
 from .config import RunConfig, save_config, to_dict
-from .errors import KitError
-from .files import atomic_write_json, atomic_write_text, read_jsonl
+from .errors import KitError, RunFailed
+from .files import atomic_write_json, atomic_write_text, read_metrics
 
 PARTIAL_SUFFIX = ".partial"
 SUMMARY = "summary.json"
@@ -43,6 +46,7 @@ _PLACE_KEYS = {"runs_root", "device", "log_tensorboard"}
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+FAILED = "failed.json"
 
 
 def load_checkpoint(path: Path, device: Any = "cpu") -> Any:
@@ -59,7 +63,7 @@ def load_checkpoint(path: Path, device: Any = "cpu") -> Any:
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:
     """Keep only the records of the first ``epochs_done`` epochs (a kill may have left one more)."""
-    records = [r for r in read_jsonl(path) if r.get("epoch", 0) < epochs_done]
+    records = [r for r in read_metrics(path, torn_tail_ok=True) if r.get("epoch", 0) <= epochs_done]
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
@@ -73,10 +77,24 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def run_state(run_dir: Path) -> str:
-    """``"finished"``, ``"unfinished"`` (a ``<run>.partial/`` to resume) or ``"to do"``: what study plans print."""
+    """``"finished"``, ``"failed"`` (a ``<run>.partial/`` with ``failed.json``), ``"unfinished"`` (a
+    ``<run>.partial/`` to resume) or ``"to do"``: what study plans print."""
     if is_finished(run_dir):
         return "finished"
+    if failure(run_dir) is not None:
+        return "failed"
     return "unfinished" if staging_dir(run_dir).exists() else "to do"
+
+
+def failure(run_dir: Path) -> Optional[str]:
+    """Why the run at ``run_dir`` failed (its staging folder's ``failed.json``), or None if it did not."""
+    path = staging_dir(run_dir) / FAILED
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text())["reason"])
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable {FAILED}"
 
 
 def publish(staging: Path, run_dir: Path) -> None:
@@ -192,7 +210,13 @@ class RunFolder:
         self.staging = staging_dir(self.run_dir)
 
     def reuse(self, force: bool, fix: str = "use another runs folder for the new settings, or --force to retrain this one"):
-        """The summary of the finished run with these settings, or None (none finished, or ``force``)."""
+        """The summary of the finished run with these settings, or None (none finished, or ``force``).
+
+        Raises:
+            KitError: a folder of this name that is not a run, or a run with other settings.
+        """
+        if self.run_dir.is_symlink() or (self.run_dir.exists() and not is_finished(self.run_dir)):
+            raise KitError(f"'{self.run_dir}' exists and is not a finished run; move it away or give this run another run_name")
         if force or not is_finished(self.run_dir):
             return None
         refuse_other_settings(self.cfg, self.run_dir, fix)
@@ -203,11 +227,28 @@ class RunFolder:
         one set up or waited (its settings are checked the same way)."""
         return self.reuse(force, "use another runs folder for the new settings")
 
-    def check_unfinished(self, resume: bool, force: bool) -> None:
-        if self.staging.exists() and not (resume or force):
+    def check_unfinished(self, resume: bool, force: bool) -> Optional[dict]:
+        """Refuse an unfinished run without ``resume``/``force``; with ``resume``, the summary of a staging folder
+        that had finished (a publish that was refused or killed): it is published as it is.
+
+        Raises:
+            RunFailed: the staging folder holds a failed run (resuming would repeat the failure).
+            KitError: an unfinished run without ``resume`` or ``force``, or one with other settings.
+        """
+        if force or not self.staging.exists():
+            return None
+        reason = failure(self.run_dir)
+        if reason is not None:
+            raise RunFailed(f"run '{self.run_dir}' failed before ({reason}); see '{self.staging}', or --force to train it again")
+        if not resume:
             raise KitError(f"an unfinished run exists at '{self.staging}'; pass --resume to continue it or --force to start over")
-        if resume and not force and (self.staging / CONFIG).is_file():
+        if (self.staging / CONFIG).is_file():
             refuse_other_settings(self.cfg, self.staging, "resume it with its own settings, or --force to start over")
+        if is_finished(self.staging):
+            summary = read_summary(self.staging)
+            publish(self.staging, self.run_dir)
+            return summary
+        return None
 
     def lock(self):
         """:func:`run_lock` on this run (hold it from :meth:`start` to :meth:`finish`)."""
@@ -229,3 +270,13 @@ class RunFolder:
 
     def discard(self) -> None:
         discard(self.staging)
+
+    def abandon(self, err: KitError) -> KitError:
+        """The error to raise after ``err`` stopped the run: a :class:`RunFailed` keeps the staging folder with
+        ``failed.json`` for inspection (and names the run); any other user-caused error discards it, so that
+        nothing half-written stays."""
+        if not isinstance(err, RunFailed):
+            self.discard()
+            return err
+        atomic_write_json(self.staging / FAILED, {"reason": str(err)})
+        return RunFailed(f"run '{self.run_dir}' failed: {err} (kept for inspection in '{self.staging}')")

@@ -80,11 +80,23 @@ class FileImages(Dataset):
 
 
 def _to_8bit(image: Image.Image, path) -> Image.Image:
-    """16-bit gray images scaled to 8 bits (PIL's ``convert`` clips them: a 16-bit PNG became near-white).
+    """16-bit gray images scaled to 8 bits (PIL's ``convert`` clips them: a 16-bit PNG became near-white), and
+    32-bit float images (mode ``F``, e.g. float TIFFs) from [0, 1] (PIL's ``convert`` reads 0..1 as 0..1 of 255:
+    nearly black) or [0, 255].
 
     Raises:
-        KitError: a 32-bit integer image with values beyond 16 bits (no known range to scale).
+        KitError: a 32-bit integer image with values beyond 16 bits, or a float image with values that are not
+            finite or outside [0, 255] (no known range to scale).
     """
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
+            raise KitError(
+                f"image '{path}' is a float image with values outside [0, 1] and [0, 255] or not finite; "
+                f"save it as 8-bit or scale it to [0, 1]"
+            )
+        scale = 255.0 if values.max() <= 1.0 else 1.0
+        return Image.fromarray(np.round(values * scale).astype(np.uint8))
     if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return image
     values = np.asarray(image, dtype=np.int64)

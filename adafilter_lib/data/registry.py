@@ -19,7 +19,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..core.config import DataConfig
-from ..core.errors import unknown_name
+from ..core.errors import KitError, unknown_name
 from . import decathlon, offline, paper, uc_merced
 from .eval_cache import cached_eval_split
 from .folder import load_folder_pool
@@ -238,6 +238,11 @@ def build_datasets(cfg: DataConfig, mean: Sequence[float], std: Sequence[float])
     # Check the preset before touching (possibly large) data, so a typo fails immediately.
     preset = check_preset(cfg.augment if cfg.augment is not None else spec.augment)
     pool = spec.load(cfg)
+    if len(pool.classes) < 2:  # one class: every prediction is right, and a 0.00 % error means nothing
+        raise KitError(
+            f"dataset '{cfg.dataset}' has {len(pool.classes)} class ({', '.join(map(str, pool.classes)) or 'none'}); "
+            f"a classification task needs at least 2 class folders"
+        )
     train_idx, val_idx = carve_train_val(pool.train.labels, cfg.n_per_class, cfg.val_fraction, cfg.split_seed, pool.classes)
     augmenting = train_transform(preset, cfg.resolution, mean, std, natural=spec.natural)
     plain = eval_transform(cfg.resolution, mean, std, natural=spec.natural)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.errors import KitError
+from ..core.errors import KitError, RunFailed
 from . import pruned_state
 
 _SEED_STRIDE = 7919  # a distinct, reproducible sampler seed per round
@@ -102,7 +102,11 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
         proposal = {g: to_sparsity(trial.suggest_float(g, low[g], max(low[g], high))) for g in fractions}
         session.model.load_state_dict(start)
         session.apply(proposal, dense=opts.splice)
-        val_err = session.train(opts.trial_epochs, stream=1 + round_index, fractions=proposal)
+        try:
+            val_err = session.train(opts.trial_epochs, stream=1 + round_index, fractions=proposal)
+        except RunFailed as err:  # a proposal that blows up is a failed trial, not a failed run
+            trial.set_user_attr("failure", str(err))
+            raise optuna.TrialPruned() from None
         stats = pruned_state.compression_stats(session.model)
         trial.set_user_attr("val_top1_err", val_err)
         trial.set_user_attr("compression", stats["compression"])

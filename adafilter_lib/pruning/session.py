@@ -19,7 +19,7 @@ import torch
 from ..core import distributed as dist_utils
 from ..core import files, runs
 from ..core.config import RunConfig
-from ..core.engine import evaluate, recalibrate_bn, train_one_epoch
+from ..core.engine import check_epoch, evaluate, recalibrate_bn, train_one_epoch
 from ..core.errors import KitError
 from ..core.optim import build_optimizer, build_scheduler
 from ..training.setup import epoch_seed, eval_loader, prepare_run, train_loader
@@ -88,13 +88,14 @@ class Session:
                 on_batch=hook,
             )
             val = self.validate(stream)
+            check_epoch(self.model, val, epoch)
             val_err = val["top1_err"]
             if record is not None:
                 stats = pruned_state.compression_stats(self.model)
                 files.append_jsonl(
                     self.staging / runs.METRICS,
                     {
-                        "epoch": self.path_epoch,
+                        "epoch": self.path_epoch + 1,  # from 1, as in every record
                         "phase": record,
                         **{f"train_{k}": v for k, v in train.items()},
                         **{f"val_{k}": v for k, v in val.items()},

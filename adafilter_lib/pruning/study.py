@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Optional
 
 from ..core import files, runs
 from ..core.config import RunConfig
-from ..core.engine import evaluate
+from ..core.engine import check_selected, evaluate
 from ..core.errors import KitError
 from ..core.provenance import provenance
 from ..training.setup import eval_loader
@@ -58,7 +58,10 @@ def _opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[runs.Ru
     if finished is not None:
         yield folder, finished, None
         return
-    folder.check_unfinished(resume, force)
+    published = folder.check_unfinished(resume, force)
+    if published is not None:
+        yield folder, published, None
+        return
     with folder.lock():
         finished = folder.finished_meanwhile(force)
         if finished is not None:
@@ -106,6 +109,10 @@ def _finish(session: Session, folder: runs.RunFolder, best: dict, state: dict, e
     """Measure the test split once, write the pruned model, sparsity table and summary, publish."""
     cfg, model = session.cfg, session.model
     test = evaluate(model, eval_loader(session.splits.test, cfg), session.device, cfg.amp, cfg.channels_last)
+    try:
+        check_selected(best["val_loss"], test["loss"], len(session.splits.classes), cfg.optim.chance_loss_factor)
+    except KitError as err:
+        raise folder.abandon(err) from None
     stats = pruned_state.compression_stats(model)
     files.atomic_torch_save(pruned_state.export_pruned(model), session.staging / runs.BEST)
     files.atomic_write_text(session.staging / SPARSITY_FILE, pruned_state.sparsity_table(model).to_csv(index=False))
@@ -178,9 +185,8 @@ def run_fine_pruning(
                 state.update(done=round_index + 1, fractions=fractions)
                 _save_state(session, state)
             best = _final_phase(session, fractions, state)
-        except KitError:
-            folder.discard()
-            raise
+        except KitError as err:
+            raise folder.abandon(err) from None
         trials = trials_frame(folder.staging / STUDY_FILE)
         files.atomic_write_text(folder.staging / TRIALS_FILE, trials.to_csv(index=False))
         extra = {
@@ -231,9 +237,8 @@ def run_prune_after_finetune(cfg: RunConfig, resume: bool = False, force: bool =
             eligible = [n for names in session.groups.values() for n in names]
             pruning.set_masks(session.model, pruning.global_magnitude_masks(session.model, target, eligible))
             best = _final_phase(session, None, state)
-        except KitError:
-            folder.discard()
-            raise
+        except KitError as err:
+            raise folder.abandon(err) from None
         return _finish(session, folder, best, state, {"target_sparsity": target})
 
 

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 from ..core.config import RunConfig, load_config
 from ..core.config_files import display_path, read_yaml, resolve_config
-from ..core.errors import KitError
+from ..core.errors import KitError, did_you_mean
 
 SELECT_RULES = ("first", "all")
 
@@ -83,39 +83,107 @@ def expand_cells(grid: Optional[dict], variants: Optional[dict]) -> dict[str, tu
     return cells
 
 
+RECIPE_KEYS = ("base", "set", "datasets", "seeds", "select", "reference", "runs", "out", "rows")
+ROW_KEYS = ("method", "set", "grid", "variants")
+TASK_KEYS = ("n_per_class", "set")
+
+
 def load_study(path: str | Path) -> Study:
     """Read and check a study recipe (a YAML path, or a packaged name such as ``studies/uc_merced_few``);
-    every cell's config is validated before anything trains."""
+    every cell's config is validated before anything trains.
+
+    Raises:
+        KitError: one line naming the file and the key: an unknown key at any level (with the nearest
+            valid one), a value of the wrong type or shape, or a run config that does not validate.
+    """
     path = resolve_config(path)
     spec = read_yaml(path, "study recipe", "pass a YAML file or a packaged recipe such as studies/uc_merced_few")
-    known = {"base", "set", "datasets", "seeds", "select", "reference", "runs", "out", "rows"}
-    if not isinstance(spec, dict) or set(spec) - known or "rows" not in spec or "datasets" not in spec:
-        raise KitError(f"study recipe '{path}' must be a mapping with 'datasets' and 'rows' (keys: {', '.join(sorted(known))})")
+    where = f"study recipe '{display_path(path)}'"
+    try:
+        study = _study_from_spec(spec, path)
+        check_study(study)
+    except KitError as err:
+        raise KitError(f"{where}: {err}") from None
+    return study
+
+
+def _study_from_spec(spec, path: Path) -> Study:
+    """The :class:`Study` of a parsed recipe, every key and type checked (no config is built yet)."""
+    _mapping(spec, "the file", RECIPE_KEYS, required=("datasets", "rows"))
     rows = []
-    for name, row in spec["rows"].items():
-        row = row or {}
-        cells = expand_cells(row.get("grid"), row.get("variants"))
-        rows.append(Row(str(name), str(row.get("method", name)), tuple(row.get("set", ())), cells))
-    datasets = {
-        str(name): value if not isinstance(value, dict) else value.get("n_per_class") for name, value in spec["datasets"].items()
-    }
-    per_task = {str(name): tuple(value.get("set", ())) for name, value in spec["datasets"].items() if isinstance(value, dict)}
-    study = Study(
+    for name, row in _mapping(spec["rows"], "rows", nonempty=True).items():
+        row = _mapping(row or {}, f"rows.{name}", ROW_KEYS)
+        settings = _settings(row.get("set"), f"rows.{name}.set")
+        grid = {
+            key: _values(values, f"rows.{name}.grid.{key}")
+            for key, values in _mapping(row.get("grid") or {}, f"rows.{name}.grid").items()
+        }
+        variants = {
+            str(v): _settings(extra, f"rows.{name}.variants.{v}")
+            for v, extra in _mapping(row.get("variants") or {}, f"rows.{name}.variants").items()
+        }
+        method = row.get("method", name)
+        if not isinstance(method, str):
+            raise KitError(f"'rows.{name}.method' must be a method name, got {method!r}")
+        rows.append(Row(str(name), method, settings, expand_cells(grid, variants or None)))
+    datasets, per_task = {}, {}
+    for name, value in _mapping(spec["datasets"], "datasets", nonempty=True).items():
+        if isinstance(value, dict):
+            _mapping(value, f"datasets.{name}", TASK_KEYS)
+            per_task[str(name)] = _settings(value.get("set"), f"datasets.{name}.set")
+            value = value.get("n_per_class")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise KitError(f"'datasets.{name}' must be a number of images per class, null (all) or a mapping, got {value!r}")
+        datasets[str(name)] = value
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise KitError(f"'seeds' must be a list of whole numbers, e.g. [0, 1, 2]; got {seeds!r}")
+    for key in ("base", "select", "reference", "runs", "out"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise KitError(f"'{key}' must be a string, got {spec[key]!r}")
+    return Study(
         base_config_path(spec.get("base")),
-        tuple(spec.get("set", ())),
+        _settings(spec.get("set"), "set"),
         datasets,
-        tuple(int(s) for s in spec.get("seeds", [0])),
-        str(spec.get("select", "first")),
+        tuple(seeds),
+        spec.get("select", "first"),
         spec.get("reference"),
-        str(spec.get("runs", f"runs/{path.stem}")),
-        str(spec.get("out", f"results/{path.stem}")),
+        spec.get("runs", f"runs/{path.stem}"),
+        spec.get("out", f"results/{path.stem}"),
         rows,
         display_path(path),
         per_task,
         about=header_comment(path),
     )
-    check_study(study)
-    return study
+
+
+def _mapping(value, key: str, allowed: Sequence[str] = (), required: Sequence[str] = (), nonempty: bool = False) -> dict:
+    """``value`` if it is a mapping whose keys are all ``allowed`` (when given) and hold ``required``."""
+    if not isinstance(value, dict) or (nonempty and not value):
+        raise KitError(f"'{key}' must be a {'non-empty ' if nonempty else ''}mapping of names, got {value!r}")
+    for name in value:
+        if allowed and name not in allowed:
+            raise KitError(f"unknown key '{name}' in '{key}'{did_you_mean(str(name), allowed)}; valid keys: {', '.join(allowed)}")
+    for name in required:
+        if name not in value:
+            raise KitError(f"'{key}' has no '{name}' (keys: {', '.join(allowed)})")
+    return value
+
+
+def _settings(value, key: str) -> tuple[str, ...]:
+    """A ``set`` list: ``key=value`` strings (None: none)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise KitError(f"'{key}' must be a list of key=value settings, e.g. [optim.lr=0.01]; got {value!r}")
+    return tuple(value)
+
+
+def _values(value, key: str) -> list:
+    """A grid axis: a non-empty list of plain values."""
+    if not isinstance(value, list) or not value or any(isinstance(v, (dict, list)) for v in value):
+        raise KitError(f"'{key}' must be a non-empty list of values, e.g. [0.005, 0.01]; got {value!r}")
+    return value
 
 
 def header_comment(path: Path) -> str:
@@ -147,8 +215,11 @@ def check_study(study: Study) -> None:
     for row in study.rows:
         for dataset in study.datasets:
             for cell in row.cells:
-                cfg = run_config(study, row, dataset, cell, study.seeds[0])
-                build_method(cfg), backbone_spec(cfg.model.backbone)
+                try:
+                    cfg = run_config(study, row, dataset, cell, study.seeds[0])
+                    build_method(cfg), backbone_spec(cfg.model.backbone)
+                except KitError as err:
+                    raise KitError(f"row '{row.name}', dataset '{dataset}', cell '{cell}': {err}") from None
 
 
 def run_config(study: Study, row: Row, dataset: str, cell: str, seed: int) -> RunConfig:

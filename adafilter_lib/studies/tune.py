@@ -19,11 +19,13 @@ every run), ``datasets`` ({name: labelled images per class, or null for all}), `
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ..core import files, runs
 from ..core.config import RunConfig
+from ..core.errors import RunFailed
 from .recipe import Row, Study, run_config
 
 if TYPE_CHECKING:
@@ -32,18 +34,30 @@ if TYPE_CHECKING:
 
 def best_val_loss(run_dir: Path) -> float:
     """The validation loss of a finished run's best epoch (``metrics.jsonl``), the tie-breaker of :func:`choose_cell`."""
-    best_epoch = runs.read_summary(run_dir)["best_epoch"] - 1
-    for record in files.read_jsonl(run_dir / runs.METRICS):
+    best_epoch = runs.read_summary(run_dir)["best_epoch"]
+    for record in files.read_metrics(run_dir / runs.METRICS):
         if record["epoch"] == best_epoch:
             return float(record["val_loss"])
     return float("inf")
 
 
-def choose_cell(scores: dict[str, tuple[float, float]]) -> str:
+def choose_cell(scores: dict[str, Optional[tuple[float, float]]]) -> Optional[str]:
     """The rule: the lowest mean validation error; ties go to the lower mean validation loss of the best
-    epochs, then to the cell listed first in the recipe. ``scores`` is ``{cell: (val error, val loss)}``."""
-    order = list(scores)
-    return min(order, key=lambda cell: (scores[cell][0], scores[cell][1], order.index(cell)))
+    epochs, then to the cell listed first in the recipe. A failed cell (score None) is never chosen, and a
+    loss that is not a number ranks last. ``scores`` is ``{cell: (val error, val loss) or None}``.
+
+    Returns:
+        The chosen cell, or None when every cell failed.
+    """
+    order = [cell for cell, score in scores.items() if score is not None]
+    if not order:
+        return None
+
+    def rank(cell: str) -> tuple:
+        error, loss = scores[cell]
+        return (error, loss if math.isfinite(loss) else math.inf, order.index(cell))
+
+    return min(order, key=rank)
 
 
 def plan(study: Study) -> list[tuple[Row, str, str, list[RunConfig]]]:
@@ -85,7 +99,11 @@ def run_study(
                 for seed in study.select_seeds:
                     done += 1
                     _fit_one(fit, run_config(study, row, dataset, cell, seed), done, total, progress, force)
-            cell = chosen[(row.name, dataset)] = choose_cell(_cell_scores(study, row, dataset))
+            cell = choose_cell(_cell_scores(study, row, dataset))
+            if cell is None:
+                print(f"{row.name} on {dataset}: every cell failed; the row is left out of the comparison", flush=True)
+                continue
+            chosen[(row.name, dataset)] = cell
             for seed in study.seeds:
                 if seed not in study.select_seeds:
                     done += 1
@@ -93,13 +111,18 @@ def run_study(
     return chosen
 
 
-def _cell_scores(study: Study, row: Row, dataset: str) -> Optional[dict[str, tuple[float, float]]]:
-    """``{cell: (mean val error, mean best-epoch val loss)}`` over the selection seeds; None if one is unfinished."""
+def _cell_scores(study: Study, row: Row, dataset: str) -> Optional[dict[str, Optional[tuple[float, float]]]]:
+    """``{cell: (mean val error, mean best-epoch val loss)}`` over the selection seeds, None for a cell with a
+    failed run; None in all if a run is neither finished nor failed."""
     scores = {}
     for cell in row.cells:
         dirs = [run_config(study, row, dataset, cell, s).run_dir() for s in study.select_seeds]
-        if not all(runs.is_finished(d) for d in dirs):
+        states = [runs.run_state(d) for d in dirs]
+        if any(state not in ("finished", "failed") for state in states):
             return None
+        if "failed" in states:
+            scores[cell] = None
+            continue
         errors = [runs.read_summary(d)["val_top1_err"] for d in dirs]
         scores[cell] = (sum(errors) / len(errors), sum(map(best_val_loss, dirs)) / len(dirs))
     return scores
@@ -111,28 +134,36 @@ def chosen_so_far(study: Study) -> dict[tuple[str, str], str]:
     for dataset in study.datasets:
         for row in study.rows:
             scores = _cell_scores(study, row, dataset)
-            if scores is not None:
-                chosen[(row.name, dataset)] = choose_cell(scores)
+            cell = choose_cell(scores) if scores is not None else None
+            if cell is not None:
+                chosen[(row.name, dataset)] = cell
     return chosen
 
 
-def _fit_one(fit, cfg: RunConfig, index: int, total: int, progress: bool, force: bool = False) -> dict:
+def _fit_one(fit, cfg: RunConfig, index: int, total: int, progress: bool, force: bool = False) -> Optional[dict]:
+    """Train (or reuse) one run; a failed run prints its one line and returns None (the study goes on)."""
     if progress:
         print(f"[{index}/{total}] {cfg.run_dir()} ({runs.run_state(cfg.run_dir())})", flush=True)
-    return fit(cfg, resume=True, progress=progress, **({"force": True} if force else {}))
+    try:
+        return fit(cfg, resume=True, progress=progress, **({"force": True} if force else {}))
+    except RunFailed as err:
+        print(f"failed: {err}", flush=True)
+        return None
 
 
 def selection_runs(study: Study, chosen: dict[tuple[str, str], str]) -> list[dict]:
-    """One record per finished run of the study: row, dataset, cell, seed, chosen, run_dir and the summary numbers."""
+    """One record per finished or failed run of the study: row, dataset, cell, seed, chosen, ``status``
+    (``finished`` or ``failed``, with the reason in ``failure``), run_dir and the summary numbers."""
     records = []
     for dataset in study.datasets:
         for row in study.rows:
             for cell in row.cells:
                 for seed in study.seeds:
                     run_dir = run_config(study, row, dataset, cell, seed).run_dir()
-                    if not runs.is_finished(run_dir):
+                    reason = runs.failure(run_dir)
+                    if not runs.is_finished(run_dir) and reason is None:
                         continue
-                    summary = json.loads((run_dir / runs.SUMMARY).read_text())
+                    summary = json.loads((run_dir / runs.SUMMARY).read_text()) if reason is None else {}
                     records.append(
                         {
                             "row": row.name,
@@ -141,6 +172,8 @@ def selection_runs(study: Study, chosen: dict[tuple[str, str], str]) -> list[dic
                             "cell": cell,
                             "seed": seed,
                             "chosen": chosen.get((row.name, dataset)) == cell,
+                            "status": "finished" if reason is None else "failed",
+                            "failure": reason or "",
                             "run_dir": str(run_dir),
                             **{k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                         }
@@ -156,5 +189,5 @@ def chosen_runs(study: Study) -> "pd.DataFrame":
     """
     from ..analysis.records import runs_of
 
-    picked = [r["run_dir"] for r in selection_runs(study, chosen_so_far(study)) if r["chosen"]]
+    picked = [r["run_dir"] for r in selection_runs(study, chosen_so_far(study)) if r["chosen"] and r["status"] == "finished"]
     return runs_of(picked, study.runs_root)

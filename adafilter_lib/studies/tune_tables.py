@@ -2,8 +2,9 @@
 
 Files under the study's ``out`` folder:
 
-``cells.csv``          every finished run: ``row, method, dataset, cell, seed, chosen`` and its summary numbers
-                       (``val_top1_err`` decided the choice; ``top1_err`` is shown, never used)
+``cells.csv``          every finished or failed run: ``row, method, dataset, cell, seed, chosen, status, failure``
+                       and its summary numbers (``val_top1_err`` decided the choice; ``top1_err`` is shown, never
+                       used); a failed run (``status`` ``failed``, the reason in ``failure``) has no numbers
 ``comparison.csv/.md`` one line per (row, dataset) at its chosen cell: test error mean and std over seeds,
                        mean validation error, the difference to the reference row paired by seed with the
                        standard error of the paired differences (``diff_se``) and the seeds it wins, and for
@@ -34,6 +35,8 @@ GATE_METRICS = ("test_frac_finetuned", "test_frac_adaptive_filters")
 def comparison_table(records: pd.DataFrame, reference: Optional[str]) -> pd.DataFrame:
     """Chosen cells only: one line per (row, dataset), rows in recipe order (see the module docstring)."""
     chosen = records[records["chosen"]]
+    if "status" in chosen:  # a chosen cell's seed that failed has no numbers (cells.csv lists it as failed)
+        chosen = chosen[chosen["status"] == "finished"]
     lines = []
     for (row, dataset), group in chosen.groupby(["row", "dataset"], sort=False):
         line = {
@@ -172,7 +175,9 @@ Rerunning the command reuses finished runs, continues unfinished ones and rewrit
 {one_line()} (Each run's `summary.json` records the commit, versions and command it was trained with.)
 
 Selection: {rule}. The rule: the lowest validation error; ties go to the lower validation loss of the
-best epochs, then to the cell listed first. The test split is never used to choose. Differences are
+best epochs, then to the cell listed first. A cell with a failed run (a loss or weight that is not finite,
+or a validation loss far above chance; `status` `failed` in `cells.csv`) is never chosen and has no
+numbers. The test split is never used to choose. Differences are
 test-error points against `{study.reference}`, paired by seed, ± the standard error of the paired
 differences; "wins" counts the seeds where the row is better.
 

@@ -22,7 +22,7 @@ from ..core import distributed as dist_utils
 from ..core import files, runs
 from ..core.class_metrics import ClassErrors
 from ..core.config import RunConfig
-from ..core.engine import evaluate, recalibrate_bn, train_one_epoch
+from ..core.engine import check_epoch, check_selected, evaluate, recalibrate_bn, train_one_epoch
 from ..core.errors import KitError
 from ..core.optim import build_optimizer, build_scheduler
 from ..core.provenance import provenance
@@ -75,7 +75,9 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     )
     if finished is not None:
         return finished
-    folder.check_unfinished(resume, force)
+    published = folder.check_unfinished(resume, force)
+    if published is not None:
+        return published
 
     method, splits, model = prepare_run(cfg)
     if cfg.log_tensorboard:
@@ -91,7 +93,7 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     steps = len(train_loader(splits, cfg, 0))
     scheduler = build_scheduler(optimizer, cfg.optim, steps)
 
-    start_epoch, best = 0, {"val_top1_err": float("inf"), "best_epoch": -1}
+    start_epoch, best = 0, {"val_top1_err": float("inf"), "val_loss": float("inf"), "best_epoch": -1}
     dist_utils.barrier()
     if dist_utils.is_main():
         locks.enter_context(folder.lock())  # before anything in staging is touched
@@ -106,7 +108,7 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best = state["epoch"], state["best"]
+        start_epoch, best = state["epoch"], {"val_loss": float("inf"), **state["best"]}
         if dist_utils.is_main():
             runs.truncate_metrics(staging / runs.METRICS, start_epoch)
 
@@ -137,8 +139,9 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
                 recalibrate_bn(model, method, train_loader(splits, cfg, epoch), device, cfg.amp, cfg.channels_last)
             val_gates = GateStats(len(splits.classes))
             val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last, on_batch=val_gates)
+            check_epoch(model, val, epoch)
             record = {
-                "epoch": epoch,
+                "epoch": epoch + 1,  # from 1 in every record, as best_epoch in summary.json
                 **{f"train_{k}": v for k, v in train.items()},
                 **{f"val_{k}": v for k, v in val.items()},
                 **_gate_fields(val_gates.compute(), "val_"),
@@ -172,9 +175,9 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
         summary = _finish(cfg, method, model, splits, staging, best, device, progress)
-    except KitError:
-        if dist_utils.is_main():
-            folder.discard()  # a user-caused failure leaves nothing half-written
+    except KitError as err:
+        if dist_utils.is_main():  # a failed run is kept for inspection, any other user-caused error leaves nothing
+            raise folder.abandon(err) from None
         raise
     if dist_utils.is_main():
         folder.finish(summary)  # the checkpoint goes: only a resume needs it; best.pt holds the model
@@ -232,11 +235,12 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
             on_batch=lambda *b: (stats(*b), recorder(*b), per_class(*b)),
             reduce=False,
         )
+    check_selected(best["val_loss"], test["loss"], len(splits.classes), cfg.optim.chance_loss_factor)
     summary_gates = stats.compute()
     if summary_gates is not None and dist_utils.is_main():
         recorder.save(staging, splits.classes)
         files.atomic_write_text(staging / USAGE_FILE, summary_gates.to_frame(splits.classes).to_csv(index=False))
-    history = files.read_jsonl(staging / runs.METRICS) if dist_utils.is_main() else []
+    history = files.read_metrics(staging / runs.METRICS) if dist_utils.is_main() else []
     return {
         **_gate_fields(summary_gates, "test_", by_layer=False),
         "top1_err": test["top1_err"],
