@@ -18,6 +18,7 @@ from adafilter_lib.analysis.results import (
     markdown_table,
     wide_table,
 )
+from adafilter_lib.cli import app as cli
 from adafilter_lib.core.errors import KitError
 
 # (method, dataset) -> test errors of seeds 0, 1, 2, ...
@@ -29,14 +30,16 @@ ERRORS = {
 }
 
 
-def make_run(root, name, method, dataset, seed, top1_err, summary=True, backbone="resnet18", **extra):
+def make_run(root, name, method, dataset, seed, top1_err, summary=True, backbone="resnet18", optim=None, **extra):
     run = root / name
     run.mkdir(parents=True)
     cfg = {
         "data": {"dataset": dataset, "n_per_class": 30},
         "model": {"backbone": backbone},
         "method": {"name": method, "l2sp": {"alpha": 0.1}},
+        "optim": optim or {},
         "seed": seed,
+        "runs_root": str(root),
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     if summary:
@@ -241,3 +244,25 @@ def test_table_reference_writes_differences_paired_by_seed(runs_root, tmp_path, 
     assert "-2.50 ± 0.50" in (out / "comparison.md").read_text()
     assert main(["table", "--runs", str(runs_root), "--out", str(out), "--reference", "l2sp"]) == 2
     assert "reference method 'l2sp' has no finished run here; choose one of" in capsys.readouterr().err
+
+
+def test_runs_of_other_settings_are_separate_rows_never_one_mean(tmp_path, capsys):
+    make_run(tmp_path, "a", "finetune", "digits", 0, 10.0, optim={"lr": 0.01})
+    make_run(tmp_path, "b", "finetune", "digits", 1, 90.0, optim={"lr": 0.02, "epochs": 3})
+    make_run(tmp_path, "c", "finetune", "digits", 1, 12.0, optim={"lr": 0.01})
+    make_run(tmp_path, "d", "l2sp", "digits", 0, 20.0, optim={"lr": 0.01})
+    table = error_table(load_runs(tmp_path)).set_index("method")
+    assert table.loc["finetune (optim.epochs=10, optim.lr=0.01)", "top1_err"] == pytest.approx(11.0)
+    assert table.loc["finetune (optim.epochs=3, optim.lr=0.02)", "top1_err"] == 90.0
+    assert table.loc["l2sp", "seeds"] == 1 and len(table) == 3  # one setting: the plain name
+    # the same settings in another runs folder, device or run name are one cell
+    make_run(tmp_path / "other", "e", "l2sp", "digits", 1, 22.0, optim={"lr": 0.01})
+    assert error_table(load_runs(tmp_path)).set_index("method").loc["l2sp", "seeds"] == 2
+    assert cli.main(["table", "--runs", str(tmp_path), "--out", str(tmp_path / "t"), "--reference", "l2sp"]) == 0
+    comparison = pd.read_csv(tmp_path / "t" / "comparison.csv")
+    assert "finetune (optim.epochs=10, optim.lr=0.01)" in comparison["row"].tolist()
+
+
+def test_table_reference_that_does_not_exist_writes_nothing(runs_root, tmp_path, capsys):
+    assert cli.main(["table", "--runs", str(runs_root), "--out", str(tmp_path / "t"), "--reference", "nosuch"]) == 2
+    assert "reference method 'nosuch'" in capsys.readouterr().err and not (tmp_path / "t").exists()

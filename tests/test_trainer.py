@@ -264,7 +264,7 @@ def test_a_truncated_checkpoint_is_a_one_line_error_on_resume(tiny_cfg):
     checkpoint = runs.staging_dir(tiny_cfg.run_dir()) / "checkpoint.pt"
     torch.load(checkpoint, weights_only=True)  # what --resume reads: tensors and plain values only
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    with pytest.raises(KitError, match="checkpoint .* cannot be read.*--force") as excinfo:
+    with pytest.raises(KitError, match="checkpoint.pt. cannot be read.*damaged.*--force") as excinfo:
         fit(tiny_cfg, resume=True, progress=False)
     assert "\n" not in str(excinfo.value)
 
@@ -279,3 +279,41 @@ def test_summary_records_commit_versions_and_command(tiny_cfg):
     assert prov["torchvision"] and prov["torchvision"].split("+")[0] == torchvision.__version__.split("+")[0]
     assert set(prov) >= {"git_commit", "git_dirty", "kit", "python", "cuda", "timm", "command"}
     assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
+
+
+def test_resume_publishes_a_finished_staging_folder_as_it_is(tiny_cfg):
+    summary = fit(tiny_cfg, progress=False)
+    run_dir = tiny_cfg.run_dir()
+    run_dir.rename(runs.staging_dir(run_dir))  # finished, but its publish was refused or killed
+    with pytest.raises(KitError, match="--resume"):
+        fit(tiny_cfg, progress=False)
+    assert fit(tiny_cfg, resume=True, progress=False) == summary  # nothing retrained, train_seconds not summed
+    assert runs.is_finished(run_dir) and not runs.staging_dir(run_dir).exists()
+    assert [m["epoch"] for m in files.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+
+
+def test_a_run_name_taken_by_a_folder_that_is_not_a_run_is_refused_before_training(tiny_cfg):
+    blocker = tiny_cfg.run_dir()
+    blocker.mkdir(parents=True)
+    (blocker / "notes.txt").write_text("mine")
+    with pytest.raises(KitError, match="exists and is not a finished run"):
+        fit(tiny_cfg, progress=False)
+    assert not runs.staging_dir(blocker).exists() and (blocker / "notes.txt").read_text() == "mine"
+
+
+def test_the_recorded_rate_is_the_one_the_epoch_used(tiny_overrides):
+    # cosine decay per step to 0 at the end: the old record (the rate after the last step) read 0.0 in the last epoch
+    cfg = load_config(None, tiny_overrides + ["optim.epochs=2", "optim.lr=0.01"])
+    fit(cfg, progress=False)
+    rates = [m["train_lr"] for m in files.read_jsonl(cfg.run_dir() / "metrics.jsonl")]
+    steps = 3  # 30 training images, batch 8, the last partial batch dropped
+    expected = [0.01 * 0.5 * (1 + math.cos(math.pi * s / (2 * steps))) for s in range(2 * steps)]
+    assert rates == pytest.approx([sum(expected[:steps]) / steps, sum(expected[steps:]) / steps])
+    assert rates[1] > 0.0
+
+
+def test_repeated_set_flags_add_up_in_order(tiny_overrides, tmp_path, capsys):
+    args = ["train", "--no-progress", "--set", *tiny_overrides, "optim.epochs=1", "--set", "seed=1", "optim.epochs=2"]
+    assert main(args) == 0
+    cfg = load_config(tmp_path / "runs" / "digits__finetune__resnet18__s1" / "config.yaml")
+    assert cfg.seed == 1 and cfg.optim.epochs == 2 and cfg.data.n_per_class == 4  # the first flag's keys kept

@@ -11,6 +11,7 @@ Words: ``gates[name]`` is (B, C_out) with 1 = fine-tuned filter; ``frac_finetune
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.errors import KitError, first_line
 from ..core.files import atomic_write_bytes, atomic_write_text
 
 GATES_FILE, INDEX_FILE, USAGE_FILE = "gates.npz", "gate_index.csv", "gate_usage.csv"
@@ -223,7 +225,20 @@ class GateRecord:
 
 
 def load_gate_record(run_dir: Path) -> GateRecord:
-    """Read back what :func:`save_gate_record` wrote."""
+    """Read back what :func:`save_gate_record` wrote.
+
+    Raises:
+        KitError: ``gates.npz`` or its index is damaged (truncated, not an archive, a missing array).
+    """
+    try:
+        return _read_gate_record(Path(run_dir))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pd.errors.ParserError) as err:
+        raise KitError(
+            f"the gate record in '{run_dir}' cannot be read ({first_line(err)}); the file is damaged: retrain the run with --force"
+        ) from None
+
+
+def _read_gate_record(run_dir: Path) -> GateRecord:
     with np.load(Path(run_dir) / GATES_FILE) as data:
         names, widths, encoding = list(data["layer_names"]), data["num_filters"], str(data["encoding"])
         gates = {}

@@ -12,11 +12,10 @@ from typing import Union
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..adafilter.gates import GATES_FILE, load_gate_record
 from ..core.errors import KitError
-from ..core.runs import BEST
+from ..core.runs import BEST, load_checkpoint
 from .records import ID_COLUMNS, RunsLike, as_runs, filter_frequency
 
 
@@ -32,7 +31,7 @@ def filter_drift(run_dir: Union[str, Path]) -> pd.DataFrame:
     run_dir = Path(run_dir)
     if not (run_dir / GATES_FILE).is_file() or not (run_dir / BEST).is_file():
         raise KitError(f"'{run_dir}' has no {GATES_FILE} or no {BEST}: give a finished AdaFilter run directory")
-    state = torch.load(run_dir / BEST, map_location="cpu", weights_only=True)
+    state = load_checkpoint(run_dir / BEST, fix="retrain the run with --force")
     frequency = filter_frequency(load_gate_record(run_dir))
     drift = []
     for name in frequency["layer"].unique():

@@ -28,9 +28,10 @@ import yaml
 from ..core.errors import KitError
 from ..core.files import atomic_write_text
 from ..core.runs import CONFIG, PARTIAL_SUFFIX, SUMMARY
+from .cells import SETTINGS_COLUMN, label_settings, run_settings
 from .table_render import caption, latex_table, markdown_table, wide_table  # noqa: F401  (re-exported)
 
-ID_COLUMNS = ["run_dir", "method", "dataset", "backbone", "seed", "n_per_class"]
+ID_COLUMNS = ["run_dir", "method", "dataset", "backbone", "seed", "n_per_class", SETTINGS_COLUMN]
 _HOW_TO_TRAIN = "train some first with `python -m adafilter_lib train ...`"
 
 
@@ -44,8 +45,8 @@ def load_runs(runs_root: str | Path) -> pd.DataFrame:
         runs_root: folder to search, e.g. ``"runs"``.
 
     Returns:
-        One row per run with columns ``run_dir, method, dataset, backbone, seed, n_per_class``
-        followed by the scalar keys of ``summary.json`` (``top1_err``, ``val_top1_err``, ...),
+        One row per run with columns ``run_dir, method, dataset, backbone, seed, n_per_class, settings``
+        (everything the run computes with but the seed, as JSON) followed by the scalar keys of ``summary.json`` (``top1_err``, ``val_top1_err``, ...),
         sorted by method, dataset, seed and run_dir.
 
     Raises:
@@ -92,6 +93,7 @@ def _read_run(run_dir: Path) -> dict:
             "backbone": str(cfg["model"]["backbone"]),
             "seed": int(cfg["seed"]),
             "n_per_class": cfg["data"].get("n_per_class"),
+            SETTINGS_COLUMN: run_settings(cfg),
         }
     except (KeyError, TypeError, ValueError):
         raise KitError(
@@ -105,7 +107,10 @@ def _read_run(run_dir: Path) -> dict:
 
 
 def error_table(runs: pd.DataFrame, metric: str = "top1_err", method_order: Optional[list[str]] = None) -> pd.DataFrame:
-    """Reduce runs to one row per (method, dataset): mean and std of ``metric`` over seeds.
+    """Reduce runs to one row per (method, dataset, settings): mean and std of ``metric`` over seeds.
+
+    Runs of one method on one dataset that differ in a setting other than the seed become separate rows,
+    named by the keys that differ (``finetune (optim.lr=0.01)``; :func:`~adafilter_lib.analysis.cells.label_settings`).
 
     Args:
         runs: the output of :func:`load_runs` (optionally filtered, e.g. to one backbone).
@@ -124,6 +129,7 @@ def error_table(runs: pd.DataFrame, metric: str = "top1_err", method_order: Opti
         numeric = [c for c in runs.columns if c not in ID_COLUMNS and pd.api.types.is_numeric_dtype(runs[c])]
         raise KitError(f"'{metric}' is not a numeric column of the runs; choose one of: {', '.join(numeric)}")
     _check_comparable(runs)
+    runs = runs.assign(method=label_settings(runs))  # one cell, one setting: other settings are other rows
     valid = runs.dropna(subset=[metric])
     if valid.empty:
         raise KitError(f"no run has a value for '{metric}'; tabulate another metric or finish some runs")
@@ -137,7 +143,8 @@ def error_table(runs: pd.DataFrame, metric: str = "top1_err", method_order: Opti
 
 
 def _check_comparable(runs: pd.DataFrame) -> None:
-    """Refuse to average runs that differ in more than the seed (a silent mix skews the table)."""
+    """Refuse tables whose rows would be ambiguous: one method on one dataset mixing backbones or ``n_per_class``
+    values (a different task, not a setting), or two runs of the same settings and seed."""
     for (method, dataset), group in runs.groupby(["method", "dataset"]):
         for column in ("backbone", "n_per_class"):
             values = group[column].unique()
@@ -147,7 +154,8 @@ def _check_comparable(runs: pd.DataFrame) -> None:
                     f"runs of '{method}' on '{dataset}' mix {column} values ({shown}); "
                     f"keep one, e.g. build_tables(..., where={{'{column}': ...}}) or runs[runs.{column} == ...]"
                 )
-        repeated = group["seed"][group["seed"].duplicated()].unique()
+        same = group.groupby(SETTINGS_COLUMN)["seed"] if SETTINGS_COLUMN in group else [(None, group["seed"])]
+        repeated = [seed for _, seeds in same for seed in seeds[seeds.duplicated()].unique()]
         if len(repeated):
             dirs = ", ".join(group.loc[group["seed"] == repeated[0], "run_dir"])
             raise KitError(

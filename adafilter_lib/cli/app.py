@@ -80,8 +80,11 @@ def _add_table(sub) -> None:
 
 
 def _cmd_table(args) -> int:
-    from ..analysis.results import build_tables, markdown_table, table_stem, unfinished_runs
+    from ..analysis.results import build_tables, load_runs, markdown_table, table_stem, unfinished_runs
+    from ..studies.tune_tables import paired_comparison, write_paired_comparison
 
+    if args.reference:  # checked before anything is written
+        paired_comparison(load_runs(args.runs_root), args.reference)
     table = build_tables(args.runs_root, args.out, metric=args.metric)
     print(markdown_table(table))
     left_out = unfinished_runs(args.runs_root)
@@ -92,9 +95,6 @@ def _cmd_table(args) -> int:
         )
     print(f"written: {args.out}/{table_stem(args.metric)}.csv, .md, .tex")
     if args.reference:
-        from ..analysis.results import load_runs
-        from ..studies.tune_tables import write_paired_comparison
-
         print(write_paired_comparison(load_runs(args.runs_root), args.reference, args.out))
         print(f"written: {args.out}/comparison.csv, .md")
     return 0
@@ -197,6 +197,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return COMMANDS[args.command](args)
     except KitError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        # an output path under a file, onto a folder, or not writable: a user's path, not a bug of the kit
+        where = err.filename if err.filename is not None else "an output path"
+        print(f"error: cannot write '{where}' ({err.strerror}); choose another --out / --runs path", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # A killed run keeps <run>.partial/ with its last epoch's checkpoint (studies resume run by run).

@@ -7,10 +7,12 @@ training loop runs in one process.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -68,6 +70,39 @@ def broadcast_object(obj: Optional[object]) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def rank_zero_decides(decide: Callable[[], T]) -> T:
+    """Run ``decide`` on rank 0 alone and give its outcome to every rank: its value, or its error raised on every
+    rank (a :class:`~adafilter_lib.core.errors.KitError` keeps its class and message). One collective call, so no
+    rank can leave for a barrier that the others never reach (a run that rank 0 found finished, or locked by
+    another process, while the other ranks went on to train). In one process: ``decide()``.
+    """
+    if world_size() == 1:
+        return decide()
+    outcome, error = None, None
+    if is_main():
+        try:
+            outcome = ("value", decide())
+        except Exception as err:  # every rank must hear of it, or the others wait forever
+            error, outcome = err, ("error", _portable(err))
+    outcome = broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if outcome[0] == "value":
+        return outcome[1]
+    kind, message = outcome[1]
+    from .errors import KitError, RunFailed
+
+    raise {"RunFailed": RunFailed, "KitError": KitError}.get(kind, RuntimeError)(message)
+
+
+def _portable(err: Exception) -> tuple[str, str]:
+    """An exception as (class name, message): what every rank can rebuild without unpickling arbitrary objects."""
+    from .errors import KitError, RunFailed
+
+    kind = "RunFailed" if isinstance(err, RunFailed) else "KitError" if isinstance(err, KitError) else type(err).__name__
+    return kind, str(err) if isinstance(err, KitError) else f"rank 0: {type(err).__name__}: {err}"
 
 
 def shutdown() -> None:

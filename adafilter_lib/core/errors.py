@@ -31,3 +31,9 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """`` (did you mean 'X'?)`` for the valid name closest to ``name``, or ``""`` when none is close."""
     close = get_close_matches(name, list(valid), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (at most 160 characters), for one-line errors about damaged files."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__

@@ -7,6 +7,7 @@ written as ``null`` (Python's ``json`` would write the bare word ``NaN``, which 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -38,6 +39,8 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
     page cache, and only a power cut could lose them).
     """
     path = Path(path)
+    if path.is_dir():  # the rename would fail on the temporary file's name; name the path the caller gave
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -35,30 +35,28 @@ import torch
 import yaml
 
 from .config import RunConfig, save_config, to_dict
-from .errors import KitError, RunFailed
+from .errors import KitError, RunFailed, first_line
 from .files import atomic_write_json, atomic_write_text, read_metrics
 
 PARTIAL_SUFFIX = ".partial"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 # Keys that name where a run lives or runs or what it logs, not what it computes: they may differ on reuse.
-_PLACE_KEYS = {"runs_root", "device", "log_tensorboard"}
+PLACE_KEYS = {"runs_root", "device", "log_tensorboard"}
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 FAILED = "failed.json"
 
 
-def load_checkpoint(path: Path, device: Any = "cpu") -> Any:
-    """A checkpoint to resume from, loaded with ``weights_only=True`` (tensors and plain values only: a run
-    folder from elsewhere cannot execute pickled code); a truncated or foreign file is a one-line KitError."""
+def load_checkpoint(path: Path, device: Any = "cpu", fix: str = "start the run over with --force") -> Any:
+    """A checkpoint or ``best.pt``, loaded with ``weights_only=True`` (tensors and plain values only: a run
+    folder from elsewhere cannot execute pickled code); a truncated or foreign file is a one-line KitError
+    ending with ``fix``."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # truncated zip, pickled objects refused by weights_only, ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KitError(
-            f"checkpoint '{path}' cannot be read ({type(err).__name__}: {first[:160]}); start the run over with --force"
-        ) from None
+        raise KitError(f"'{path}' cannot be read ({first_line(err)}); the file is damaged: {fix}") from None
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:
@@ -152,7 +150,14 @@ def discard(staging: Path) -> None:
 
 
 def read_summary(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / SUMMARY).read_text())
+    """A run's ``summary.json``; a damaged one is a one-line KitError."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise KitError(
+            f"'{path}' cannot be read ({first_line(err)}); the run's records are damaged: retrain it with --force"
+        ) from None
 
 
 def config_differences(cfg: RunConfig, run_dir: str | Path) -> list[str]:
@@ -162,7 +167,7 @@ def config_differences(cfg: RunConfig, run_dir: str | Path) -> list[str]:
     saved file lacks (an option added to the kit after the run was trained) counts as its default.
     """
     saved = yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}
-    return [key for key in _diff(to_dict(cfg), _merged(to_dict(RunConfig()), saved)) if key.split(".")[0] not in _PLACE_KEYS]
+    return [key for key in _diff(to_dict(cfg), _merged(to_dict(RunConfig()), saved)) if key.split(".")[0] not in PLACE_KEYS]
 
 
 def _merged(defaults: dict, saved: dict) -> dict:

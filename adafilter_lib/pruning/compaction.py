@@ -213,6 +213,9 @@ def compaction_sweep(
         One row per threshold: ``threshold, extra_params_frac, top1_err, val_top1_err, top1_err_change``
         (vs. threshold 0, i.e. the uncompacted model) and the counts of :func:`extra_params`.
     """
+    bad = [t for t in thresholds if not 0.0 <= t <= 1.01]
+    if bad:  # a frequency lies in [0, 1]; 1.01 drops every fine-tuned filter
+        raise KitError(f"compaction thresholds must lie in [0, 1.01] (selection frequencies), got {bad[0]}")
     run = load_finished_run(run_dir, hint="train an adafilter run first")
     cfg, splits, model, device = run.cfg, run.splits, run.model, run.device
     if not isinstance(model, AdaFilterModel):

@@ -22,6 +22,7 @@ from typing import Optional
 
 import pandas as pd
 
+from ..analysis.cells import label_settings
 from ..analysis.records import runs_of
 from ..analysis.results import error_table, export_table, table_stem
 from ..core.errors import KitError
@@ -72,6 +73,7 @@ def paired_comparison(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
     Raises:
         KitError: ``reference`` is not among the runs' methods.
     """
+    runs = runs.assign(method=label_settings(runs))  # one cell, one setting, as error_table
     methods = list(dict.fromkeys(runs["method"]))
     if reference not in methods:
         raise KitError(f"reference method '{reference}' has no finished run here; choose one of {', '.join(methods)}")

@@ -55,7 +55,7 @@ def load_finished_run(run_dir: Union[str, Path], device: Optional[str] = None, h
     where = dist_utils.local_device(device or cfg.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(where, memory_format=memory_format)
-    best_state = torch.load(run_dir / runs.BEST, map_location=where, weights_only=True)
+    best_state = runs.load_checkpoint(run_dir / runs.BEST, where, fix=f"retrain the run with --force ({hint})")
     finished = FinishedRun(run_dir, cfg, method, splits, model, where, best_state)
     finished.restore()
     return finished

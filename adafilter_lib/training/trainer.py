@@ -68,16 +68,18 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     dist_utils.init_from_env(device)
     folder = runs.RunFolder(cfg)
     staging = folder.staging
-    # Reuse only what was trained with these settings: a study that changes one option but not
-    # the runs folder would otherwise read the old numbers as new ones.
-    finished = folder.reuse(
-        force, "use another runs folder for the new settings, or --force (fit(..., force=True)) to retrain this one"
-    )
+
+    def first_check() -> Optional[dict]:
+        # Reuse only what was trained with these settings: a study that changes one option but not
+        # the runs folder would otherwise read the old numbers as new ones.
+        finished = folder.reuse(
+            force, "use another runs folder for the new settings, or --force (fit(..., force=True)) to retrain this one"
+        )
+        return finished if finished is not None else folder.check_unfinished(resume, force)
+
+    finished = dist_utils.rank_zero_decides(first_check)  # every rank reuses, refuses or trains, as rank 0 decided
     if finished is not None:
         return finished
-    published = folder.check_unfinished(resume, force)
-    if published is not None:
-        return published
 
     method, splits, model = prepare_run(cfg)
     if cfg.log_tensorboard:
@@ -94,14 +96,19 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     scheduler = build_scheduler(optimizer, cfg.optim, steps)
 
     start_epoch, best = 0, {"val_top1_err": float("inf"), "val_loss": float("inf"), "best_epoch": -1}
-    dist_utils.barrier()
-    if dist_utils.is_main():
+
+    def lock_and_start() -> Optional[dict]:
         locks.enter_context(folder.lock())  # before anything in staging is touched
         finished = folder.finished_meanwhile(force)
-        if finished is not None:
-            return finished
-        folder.start(force)
-    dist_utils.barrier()
+        if finished is None:
+            folder.start(force)
+        return finished
+
+    # Another process may have finished or locked this run since the first check: rank 0 looks again under the
+    # lock, and its answer (the finished summary, a refusal, or train) reaches every rank before any barrier.
+    finished = dist_utils.rank_zero_decides(lock_and_start)
+    if finished is not None:
+        return finished
     checkpoint_path = staging / runs.CHECKPOINT
     if resume and checkpoint_path.exists():
         state = runs.load_checkpoint(checkpoint_path, device)
@@ -179,9 +186,8 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
         if dist_utils.is_main():  # a failed run is kept for inspection, any other user-caused error leaves nothing
             raise folder.abandon(err) from None
         raise
-    if dist_utils.is_main():
-        folder.finish(summary)  # the checkpoint goes: only a resume needs it; best.pt holds the model
-    dist_utils.barrier()
+    # the checkpoint goes: only a resume needs it; best.pt holds the model (a refused publish reaches every rank)
+    dist_utils.rank_zero_decides(lambda: folder.finish(summary))
     return summary
 
 
@@ -210,7 +216,7 @@ def _gate_fields(summary: Optional[GateSummary], prefix: str, by_layer: bool = T
 def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, best: dict, device, progress: bool) -> dict:
     """Reload the best epoch's weights and measure the test split once (never used for selection)."""
     dist_utils.barrier()
-    model.load_state_dict(torch.load(staging / runs.BEST, map_location=device, weights_only=True))
+    model.load_state_dict(runs.load_checkpoint(staging / runs.BEST, device))
     method.finalize(model)
     single = dist_utils.world_size() == 1
     stats, recorder, per_class = GateStats(len(splits.classes)), GateRecorder(), ClassErrors(len(splits.classes))
