@@ -6,6 +6,7 @@ Hooked into :mod:`adafilter_lib.cli.app` by :func:`add_parsers` and ``COMMANDS``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def _add_tune(sub) -> None:
@@ -18,12 +19,21 @@ def _add_tune(sub) -> None:
         "Resumable: run the same command again after an interruption.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m adafilter_lib tune studies/uc_merced_few --dry-run\n"
-        "  python -m adafilter_lib tune studies/uc_merced_few --rows finetune adafilter",
+        "  python -m adafilter_lib tune studies/uc_merced_few --rows finetune adafilter\n"
+        "  python -m adafilter_lib tune studies/uc_merced_few --tables-only       # rebuild the tables from the committed records\n"
+        "  python -m adafilter_lib tune studies/uc_merced_few --runs runs/few --out results/my_few   # retrain it all",
     )
     p.add_argument(
         "recipe", help="study recipe: a YAML file, or one shipped with the kit (studies/uc_merced_few, studies/uc_merced_full)"
     )
     p.add_argument("--rows", nargs="+", help="only these rows (the reference row is kept)")
+    p.add_argument(
+        "--runs",
+        dest="runs_root",
+        help="train into this runs folder instead of the recipe's `runs` (where a shipped study's committed records "
+        "are: finished runs there are reused, so the shipped tables rebuild without training)",
+    )
+    p.add_argument("--out", help="write the tables here instead of the recipe's `out`")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the state of every selection run, train nothing")
     p.add_argument(
         "--tables-only",
@@ -39,6 +49,7 @@ def _cmd_tune(args) -> int:
     from ..studies.tune_tables import write_tables
 
     study = rows_named(load_study(args.recipe), args.rows)
+    study = dataclasses.replace(study, runs_root=args.runs_root or study.runs_root, out_dir=args.out or study.out_dir)
     if args.dry_run:
         run_study(study, dry_run=True)
         return 0
