@@ -11,7 +11,8 @@ widgets), ``studies`` (recipes, ``tune``, the demo, the paper sweep, benchmarks)
 (Fine-Pruning, AdaFilter compaction), ``cli`` (the command line).
 
 What notebooks use most is importable from here (loaded on first use, so ``import adafilter_lib`` stays cheap):
-``fit``, ``load_config``, ``load_finished_run``, ``load_runs``, ``build_tables``, ``GateInspector``.
+``fit``, ``load_config``, ``load_finished_run``, ``load_runs``, ``build_tables``, ``GateInspector``,
+``load_gate_record``, ``counterfactual_errors``, ``run_fine_pruning``, ``run_prune_after_finetune``.
 """
 
 from importlib import import_module
@@ -25,6 +26,10 @@ _EXPORTS = {
     "load_runs": "adafilter_lib.analysis.results",
     "build_tables": "adafilter_lib.analysis.results",
     "GateInspector": "adafilter_lib.analysis.widgets",
+    "load_gate_record": "adafilter_lib.adafilter.gate_record",
+    "counterfactual_errors": "adafilter_lib.analysis.counterfactual",
+    "run_fine_pruning": "adafilter_lib.pruning.runner",
+    "run_prune_after_finetune": "adafilter_lib.pruning.runner",
 }
 __all__ = ["__version__", *_EXPORTS]
 

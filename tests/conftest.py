@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adafilter_lib.core.config import load_config
-from adafilter_lib.studies import study
+from adafilter_lib.studies import notebook_grid
 
 torch.set_num_threads(2)
 
@@ -42,6 +42,6 @@ def smoke_run(tmp_path_factory):
 
     Trained once per session; ``fit_or_reuse`` also reuses it when a SMOKE notebook trained it first.
     """
-    cfg = study.smoke_config(tmp_path_factory.getbasetemp() / "smoke_runs", "adafilter")
-    study.fit_or_reuse(cfg)
+    cfg = notebook_grid.smoke_config(tmp_path_factory.getbasetemp() / "smoke_runs", "adafilter")
+    notebook_grid.fit_or_reuse(cfg)
     return cfg.run_dir()

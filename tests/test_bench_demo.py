@@ -81,7 +81,7 @@ def test_bench_also_times_an_ablation_in_the_same_run_and_rejects_unknown_method
 
 
 def test_bench_set_applies_to_the_timed_models_and_names_the_record(tmp_path, monkeypatch):
-    import adafilter_lib.studies.bench as bench
+    import adafilter_lib.studies.step_time as bench
 
     seen = []
     build = bench.build_method

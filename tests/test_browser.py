@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adafilter_lib.adafilter.gates import load_gate_record
+from adafilter_lib.adafilter.gate_record import load_gate_record
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -26,7 +26,7 @@ def test_overrides_apply_in_order_with_yaml_typing(tmp_path):
         ("optim.lrr=0.1", "unknown config key 'optim.lrr'"),
         ("optim.lr=-1", "optim.lr and optim.head_lr must be positive"),
         ("data.val_fraction=1.5", "data.val_fraction"),
-        ("optim.optimizer=adam", "optim.optimizer must be 'sgd' or 'adamw'"),
+        ("optim.optimizer=adam", "optim.optimizer must be one of sgd, adamw; got 'adam'"),
         ("method.adafilter.gate_optimizer=adam", "method.adafilter.gate_optimizer must be sgd or adamw"),
         ("optim.epochs=two", "optim.epochs' must be int"),
         ("data.resolution=8", "data.resolution must be at least 16"),
@@ -99,3 +99,15 @@ def test_ctrl_c_says_how_to_resume(capsys, monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "list", interrupted)
     assert cli.main(["list"]) == 130
     assert "--resume" in capsys.readouterr().err
+
+
+def test_every_named_option_is_checked_against_the_one_list_of_its_choices():
+    from adafilter_lib.adafilter import gate_net, layers
+    from adafilter_lib.core.method_config import ADAFILTER_CHOICES
+
+    assert layers.BN_PRETRAINED_MODES is ADAFILTER_CHOICES["bn_pretrained"]
+    assert gate_net.EVAL_MODES is ADAFILTER_CHOICES["eval_gates"] and gate_net.BINARIZE_MODES is ADAFILTER_CHOICES["binarize"]
+    for option, valid in ADAFILTER_CHOICES.items():
+        load_config(None, [f"method.adafilter.{option}={valid[-1]}"])  # every listed choice is accepted
+        with pytest.raises(KitError, match=f"method.adafilter.{option} must be one of {', '.join(valid)}; got 'nope'"):
+            load_config(None, [f"method.adafilter.{option}=nope"])

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from adafilter_lib.adafilter.gates import GateRecorder, GateStats, load_gate_record
+from adafilter_lib.adafilter.gate_record import GateRecorder, load_gate_record
+from adafilter_lib.adafilter.gates import GateStats
 from adafilter_lib.core.model import ModelOutput
 
 

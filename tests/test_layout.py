@@ -119,11 +119,24 @@ def test_the_checker_sees_a_backward_import(tmp_path):
 def test_packaged_recipes_hold_valid_settings():
     from adafilter_lib.core.config import load_config
     from adafilter_lib.core.config_files import packaged_recipe
-    from adafilter_lib.pruning import bench
-    from adafilter_lib.studies import study
+    from adafilter_lib.pruning import pruning_bench
+    from adafilter_lib.studies import notebook_grid
 
     smoke = packaged_recipe("smoke")
-    assert study.SMOKE_OVERRIDES == tuple(smoke["set"]) and study.SMOKE_DATASETS == (("digits", 4),)
-    for settings in (study.SMOKE_OVERRIDES, bench.BENCH_OVERRIDES, bench.SMOKE_OVERRIDES, bench.USAGE_PENALTY):
+    assert notebook_grid.SMOKE_OVERRIDES == tuple(smoke["set"]) and notebook_grid.SMOKE_DATASETS == (("digits", 4),)
+    for settings in (
+        notebook_grid.SMOKE_OVERRIDES,
+        pruning_bench.BENCH_OVERRIDES,
+        pruning_bench.SMOKE_OVERRIDES,
+        pruning_bench.USAGE_PENALTY,
+    ):
         load_config(None, list(settings))  # every key exists and every value is valid
-    assert list(bench.BENCH_THRESHOLDS) == sorted(bench.BENCH_THRESHOLDS)
+    assert list(pruning_bench.BENCH_THRESHOLDS) == sorted(pruning_bench.BENCH_THRESHOLDS)
+
+
+def test_the_generic_training_loop_does_not_import_adafilter():
+    # methods own what they collect at evaluation (Method.eval_collector): the loop knows no method by name
+    modules = _modules()
+    for name in ("adafilter_lib.training.trainer", "adafilter_lib.training.setup", "adafilter_lib.core.engine"):
+        imported = [t for t, _ in _imports(name, modules[name])]
+        assert not [t for t in imported if t.startswith(("adafilter_lib.adafilter", "adafilter_lib.methods.adafilter"))], name

@@ -17,8 +17,8 @@ from adafilter_lib.core.errors import KitError
 from adafilter_lib.core.model import TransferModel, build_transfer_model
 from adafilter_lib.pruning import masks as pruning
 from adafilter_lib.pruning import pruned_state
+from adafilter_lib.pruning.runner import STUDY_FILE, TRIALS_FILE, run_fine_pruning, run_prune_after_finetune
 from adafilter_lib.pruning.search import objective_value, open_study, to_log_compression, to_sparsity
-from adafilter_lib.pruning.study import STUDY_FILE, TRIALS_FILE, run_fine_pruning, run_prune_after_finetune
 from adafilter_lib.training.trainer import fit
 
 # A study small enough for a test: no warmup, trials scored right after pruning, one masked epoch at the end.
@@ -216,7 +216,7 @@ def test_prune_cli_reports_a_missing_fine_pruning_run_in_one_line(tiny_overrides
 @pytest.mark.parametrize(
     "override, words",
     [
-        ("method.fine_pruning.sampler=cmaes", "'gp' or 'tpe'"),
+        ("method.fine_pruning.sampler=cmaes", "sampler must be one of gp, tpe; got 'cmaes'"),
         ("method.fine_pruning.max_sparsity=1.0", "strictly between 0 and 1"),
         ("method.fine_pruning.final_epochs=0", "final_epochs at least 1"),
     ],

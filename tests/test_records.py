@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from adafilter_lib.adafilter.gates import GateRecord, save_gate_record
+from adafilter_lib.adafilter.gate_record import GateRecord, save_gate_record
 from adafilter_lib.analysis import drift, records
 from adafilter_lib.core.errors import KitError
 

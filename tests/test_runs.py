@@ -128,7 +128,7 @@ def test_run_folder_life_cycle_reuses_refuses_and_publishes(tmp_path):
 
 
 def test_a_finished_pruning_run_with_other_settings_is_refused_not_reused(tmp_path):
-    from adafilter_lib.pruning.study import run_pruning
+    from adafilter_lib.pruning.runner import run_pruning
 
     settings = [f"runs_root={tmp_path}", "method.name=prune_after_finetune", "method.fine_pruning.target_sparsity=0.5"]
     _finished_run(load_config(None, settings), {"top1_err": 3.0})

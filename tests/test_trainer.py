@@ -12,7 +12,7 @@ import torch
 from adafilter_lib.cli.app import main
 from adafilter_lib.core import files, runs
 from adafilter_lib.core.config import load_config
-from adafilter_lib.core.engine import check_selected
+from adafilter_lib.core.engine import below_chance, check_selected
 from adafilter_lib.core.errors import KitError, RunFailed
 from adafilter_lib.training.trainer import fit, improves
 
@@ -131,13 +131,29 @@ def test_a_finite_run_far_above_chance_fails(tiny_overrides):
     _assert_failed_and_kept(cfg, err.value)
 
 
-def test_check_selected_limits_the_chosen_epochs_validation_loss():
-    check_selected(3 * math.log(10) - 1e-9, 1.0, 10, 3.0)  # just under the limit
-    check_selected(1e9, 1.0, 10, 0.0)  # 0: no limit
-    with pytest.raises(RunFailed, match="over 3x the chance level ln\\(10\\) = 2.30"):
-        check_selected(3 * math.log(10) + 1e-6, 1.0, 10, 3.0)
+def test_check_selected_fails_a_confidently_wrong_guess_only():
+    def val(loss, err, n=20):
+        return {"val_loss": loss, "val_top1_err": err, "num_val": n}
+
+    check_selected(val(3 * math.log(10) - 1e-9, 90.0), 1.0, 10, 3.0)  # loss just under the limit
+    check_selected(val(1e9, 90.0), 1.0, 10, 0.0)  # 0: no rule
+    # a linear probe of the demo: over-confident (loss 14.3) but learning (45 % against a 90 % chance error)
+    check_selected(val(14.3, 45.0), 1.0, 10, 3.0)
+    with pytest.raises(RunFailed, match="over 3x the chance level ln\\(10\\) = 2.30 .* no better than chance"):
+        check_selected(val(3 * math.log(10) + 1e-6, 90.0), 1.0, 10, 3.0)
+    with pytest.raises(RunFailed):  # 80 % wrong of 20: a guess does that 32 % of the time
+        check_selected(val(50.0, 80.0), 1.0, 10, 3.0)
     with pytest.raises(RunFailed, match="test loss is nan"):
-        check_selected(1.0, float("nan"), 10, 3.0)
+        check_selected(val(1.0, 10.0), float("nan"), 10, 3.0)
+
+
+def test_below_chance_is_a_one_sided_binomial_test():
+    from scipy.stats import binom
+
+    assert below_chance(45.0, 20, 10) and not below_chance(90.0, 20, 10) and not below_chance(0.0, 0, 10)
+    # the boundary: the largest number of errors of 20 that a 90 %-wrong guess makes with probability under 1 %
+    edge = max(k for k in range(21) if binom.cdf(k, 20, 0.9) < 0.01)
+    assert below_chance(100 * edge / 20, 20, 10) and not below_chance(100 * (edge + 1) / 20, 20, 10)
 
 
 def test_a_run_of_a_pretrained_model_passes_the_chance_check(tiny_overrides):

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adafilter_lib.adafilter.gates import load_gate_record
+from adafilter_lib.adafilter.gate_record import load_gate_record
 from adafilter_lib.analysis import widgets
 from adafilter_lib.analysis.widgets import ORDERS, GateInspector
 from adafilter_lib.core.errors import KitError
 from adafilter_lib.core.model import backbone_spec
 from adafilter_lib.data import build_datasets
-from adafilter_lib.studies import study
+from adafilter_lib.studies import notebook_grid
 
 COPY = "digits__adafilter__copy"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -55,7 +55,7 @@ def test_opens_on_the_first_image_with_its_label_and_prediction(inspector, smoke
 def test_profile_gate_map_and_image_are_the_records_slices(inspector, smoke_run):
     record = load_gate_record(smoke_run)
     fractions, labels = record.layer_fractions(), record.index.label.to_numpy()
-    cfg = study.smoke_config(smoke_run.parent, "adafilter")
+    cfg = notebook_grid.smoke_config(smoke_run.parent, "adafilter")
     spec = backbone_spec(cfg.model.backbone)
     test = build_datasets(cfg.data, spec.mean, spec.std).test
     last = record.layer_names[-1]

@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BINARIZE_MODES = ("straight_through", "soft")
-NOISE_MODES = ("none", "logistic")
-EVAL_MODES = ("threshold", "sample", "mean")
+from ..core.method_config import ADAFILTER_CHOICES
+
+BINARIZE_MODES = ADAFILTER_CHOICES["binarize"]
+NOISE_MODES = ADAFILTER_CHOICES["noise"]
+EVAL_MODES = ADAFILTER_CHOICES["eval_gates"]
 
 
 def binarize_gates(

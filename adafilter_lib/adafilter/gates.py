@@ -1,6 +1,7 @@
-"""Gate statistics: reduce the gates a model returns, and per-image gate records.
+"""Gate statistics: reduce the gates a model returns (``GateStats``), and the evaluation collector that AdaFilter
+and SpotTune hand the training loop (``GateCollector``; the per-image record is :mod:`.gate_record`).
 
-Both collectors are fed ``(output, labels, losses)`` batch by batch through the ``on_batch`` hook of
+The collectors are fed ``(output, labels, losses)`` batch by batch through the ``on_batch`` hook of
 :func:`adafilter_lib.core.engine.evaluate`, accumulate on the model's device, and read back once
 (``compute`` / ``save``), so they add no per-batch device synchronization.
 
@@ -10,8 +11,6 @@ Words: ``gates[name]`` is (B, C_out) with 1 = fine-tuned filter; ``frac_finetune
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,10 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core.errors import KitError, first_line
-from ..core.files import atomic_write_bytes, atomic_write_text
+from ..core.files import atomic_write_text
+from .gate_record import GateRecorder
 
-GATES_FILE, INDEX_FILE, USAGE_FILE = "gates.npz", "gate_index.csv", "gate_usage.csv"
+USAGE_FILE = "gate_usage.csv"  # per layer and class, of the test split
 
 
 @dataclass
@@ -147,107 +146,37 @@ class GateStats:
         )
 
 
-class GateRecorder:
-    """Per-image gates of one split, with label, prediction and loss, saved as ``gates.npz`` + ``gate_index.csv``."""
+class GateCollector:
+    """AdaFilter's evaluation records: the share of fine-tuned choices overall, per layer and of filters that vary
+    across images (every validation epoch), and on the test split also the per-image gate record (``gates.npz``,
+    ``gate_index.csv``) and per-layer, per-class usage (``gate_usage.csv``). One sync per split, in ``fields``."""
 
-    def __init__(self):
-        self._gates: dict[str, list[torch.Tensor]] = {}
-        self._labels, self._preds, self._losses = [], [], []
+    def __init__(self, num_classes: int, record_images: bool):
+        self.stats, self.recorder = GateStats(num_classes), GateRecorder() if record_images else None
+        self._summary: Optional[GateSummary] = None
 
     def __call__(self, output, labels: torch.Tensor, losses: torch.Tensor) -> None:
-        for name, g in output.gates.items():
-            self._gates.setdefault(name, []).append(g.detach())
-        self._labels.append(labels.detach())
-        self._preds.append(output.logits.detach().argmax(dim=1))
-        self._losses.append(losses.detach().float())
+        self.stats(output, labels, losses)
+        if self.recorder is not None:
+            self.recorder(output, labels, losses)
+
+    def summary(self) -> Optional[GateSummary]:
+        if self._summary is None:
+            self._summary = self.stats.compute()
+        return self._summary
+
+    def fields(self) -> dict:
+        summary = self.summary()
+        if summary is None:  # a model without gates (never for AdaFilter methods, kept for safety)
+            return {}
+        fields = {"frac_finetuned": summary.overall, "frac_adaptive_filters": summary.adaptive}
+        if self.recorder is None:  # per-epoch records: the per-layer shares too (the test split has gate_usage.csv)
+            fields["frac_by_layer"] = dict(zip(summary.layer_names, summary.frac_finetuned.round(4).tolist()))
+        return fields
 
     def save(self, run_dir: Path, class_names: Sequence[str]) -> None:
-        """Write the record atomically (one read-back of everything collected)."""
-        gates = {name: torch.cat(chunks).float().cpu().numpy() for name, chunks in self._gates.items()}
-        labels, preds, losses = (torch.cat(x).cpu().numpy() for x in (self._labels, self._preds, self._losses))
-        save_gate_record(Path(run_dir), gates, labels, preds, losses, class_names)
-
-
-def save_gate_record(
-    run_dir: Path,
-    gates: dict[str, np.ndarray],
-    labels: np.ndarray,
-    preds: np.ndarray,
-    losses: np.ndarray,
-    class_names: Sequence[str],
-) -> None:
-    """Write ``gates.npz`` (one packed array per layer) and ``gate_index.csv`` (one row per image).
-
-    Binary gates are bit-packed along the filter axis (a ResNet-50 has ~26k filters per image); other
-    gates (soft or averaged) are stored as uint8 in 1/255 steps.
-    """
-    names = list(gates)
-    binary = all(np.isin(g, (0.0, 1.0)).all() for g in gates.values())
-    arrays = {
-        "layer_names": np.array(names),
-        "num_filters": np.array([g.shape[1] for g in gates.values()]),
-        "encoding": np.array("packbits" if binary else "uint8_255"),
-        "class_names": np.array(list(class_names)),
-    }
-    for i, g in enumerate(gates.values()):
-        arrays[f"layer_{i}"] = np.packbits(g.astype(bool), axis=1) if binary else np.round(g * 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(run_dir / GATES_FILE, buffer.getvalue())
-    frac = np.stack([g.mean(axis=1) for g in gates.values()], axis=1) if gates else np.zeros((len(labels), 0))
-    index = pd.DataFrame(
-        {
-            "image_id": np.arange(len(labels)),
-            "label": labels,
-            "prediction": preds,
-            "loss": losses,
-            "frac_finetuned": frac.mean(axis=1) if frac.size else np.nan,
-        }
-    )
-    atomic_write_text(run_dir / INDEX_FILE, index.to_csv(index=False))
-
-
-@dataclass
-class GateRecord:
-    """A loaded per-image record: ``gates[name]`` (N, C_out) float in [0, 1] and the index table."""
-
-    gates: dict[str, np.ndarray]
-    index: pd.DataFrame
-    class_names: list[str]
-
-    @property
-    def layer_names(self) -> list[str]:
-        return list(self.gates)
-
-    def layer_fractions(self) -> np.ndarray:
-        """(N, L) fraction of fine-tuned filters per image and layer."""
-        return np.stack([g.mean(axis=1) for g in self.gates.values()], axis=1)
-
-
-def load_gate_record(run_dir: Path) -> GateRecord:
-    """Read back what :func:`save_gate_record` wrote.
-
-    Raises:
-        KitError: ``gates.npz`` or its index is damaged (truncated, not an archive, a missing array).
-    """
-    try:
-        return _read_gate_record(Path(run_dir))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, pd.errors.ParserError) as err:
-        raise KitError(
-            f"the gate record in '{run_dir}' cannot be read ({first_line(err)}); the file is damaged: retrain the run with --force"
-        ) from None
-
-
-def _read_gate_record(run_dir: Path) -> GateRecord:
-    with np.load(Path(run_dir) / GATES_FILE) as data:
-        names, widths, encoding = list(data["layer_names"]), data["num_filters"], str(data["encoding"])
-        gates = {}
-        for i, (name, width) in enumerate(zip(names, widths)):
-            raw = data[f"layer_{i}"]
-            gates[str(name)] = (
-                np.unpackbits(raw, axis=1, count=int(width)).astype(np.float32)
-                if encoding == "packbits"
-                else raw.astype(np.float32) / 255.0
-            )
-        class_names = [str(c) for c in data["class_names"]]
-    return GateRecord(gates, pd.read_csv(Path(run_dir) / INDEX_FILE), class_names)
+        summary = self.summary()
+        if summary is None or self.recorder is None:
+            return
+        self.recorder.save(run_dir, class_names)
+        atomic_write_text(Path(run_dir) / USAGE_FILE, summary.to_frame(class_names).to_csv(index=False))

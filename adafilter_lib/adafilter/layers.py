@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from timm.layers.padding import pad_same
 from torch import nn
 
-BN_PRETRAINED_MODES = ("stats", "frozen", "trainable")
+from ..core.method_config import ADAFILTER_CHOICES
+
+BN_PRETRAINED_MODES = ADAFILTER_CHOICES["bn_pretrained"]
 
 
 class GatedConv2d(nn.Module):

@@ -13,7 +13,7 @@ from typing import Union
 import numpy as np
 import pandas as pd
 
-from ..adafilter.gates import GATES_FILE, load_gate_record
+from ..adafilter.gate_record import GATES_FILE, load_gate_record
 from ..core.errors import KitError
 from ..core.runs import BEST, load_checkpoint
 from .records import ID_COLUMNS, RunsLike, as_runs, filter_frequency

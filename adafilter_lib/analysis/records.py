@@ -17,7 +17,8 @@ from typing import Iterable, Union
 import numpy as np
 import pandas as pd
 
-from ..adafilter.gates import GATES_FILE, USAGE_FILE, GateRecord
+from ..adafilter.gate_record import GATES_FILE, GateRecord
+from ..adafilter.gates import USAGE_FILE
 from ..core.errors import KitError
 from ..core.files import read_metrics
 from ..core.runs import METRICS, is_finished

@@ -24,7 +24,7 @@ from typing import Optional
 import ipywidgets as widgets
 import numpy as np
 
-from ..adafilter.gates import load_gate_record
+from ..adafilter.gate_record import load_gate_record
 from ..core.config import load_config
 from ..core.errors import KitError, unknown_name
 from ..core.model import backbone_spec

@@ -14,11 +14,11 @@ from typing import Optional
 from .. import __version__
 from ..core.errors import KitError
 from . import analysis as cli_analysis
-from . import bench as cli_bench
 from . import paper as cli_paper
 from . import pruning as cli_pruning
+from . import step_time as cli_step_time
 from . import tune as cli_tune
-from .args import add_run_options, config_from_args
+from .args import add_run_options, add_set_option, config_from_args
 
 EXAMPLES = """examples:
   python -m adafilter_lib train --dataset digits --method finetune --set data.n_per_class=20 optim.epochs=5
@@ -122,14 +122,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--library-defaults", action="store_true", help="the same as --adafilter-recipes defaults")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-epoch lines")
-    p.add_argument(
-        "--set",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides for every run, e.g. method.adafilter.gate_bias_init=0.5 (use a separate --runs folder)",
-    )
+    add_set_option(p, "config overrides for every run, e.g. method.adafilter.gate_bias_init=0.5 (use a separate --runs folder)")
 
 
 def _cmd_demo(args) -> int:
@@ -166,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_table(sub)
     _add_demo(sub)
-    cli_bench.add_parsers(sub)
+    cli_step_time.add_parsers(sub)
     cli_analysis.add_parsers(sub)
     cli_paper.add_parsers(sub)
     cli_pruning.add_parsers(sub)
@@ -180,7 +173,7 @@ COMMANDS = {
     "table": _cmd_table,
     "demo": _cmd_demo,
     "list": _cmd_list,
-    **cli_bench.COMMANDS,
+    **cli_step_time.COMMANDS,
     **cli_analysis.COMMANDS,
     **cli_paper.COMMANDS,
     **cli_pruning.COMMANDS,

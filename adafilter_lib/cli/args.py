@@ -23,14 +23,17 @@ def add_run_options(
         p.add_argument("--epochs", type=int, help="number of training epochs")
     p.add_argument("--seed", type=int, help="run seed (the data split uses data.split_seed)")
     p.add_argument("--runs", dest="runs_root", help="folder that holds run directories (default: runs)")
-    p.add_argument(
-        "--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=0.01"
-    )
+    add_set_option(p, "config overrides, e.g. optim.lr=0.01")
     p.add_argument(
         "--resume", action="store_true", help="continue an unfinished run (finished epochs, rounds and trials are kept)"
     )
     p.add_argument("--force", action="store_true", help="discard an existing run of the same name and start over")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and per-epoch lines")
+
+
+def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE ...``: config overrides; repeated flags add up in order (a later key wins)."""
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help=f"{help} (repeatable)")
 
 
 def config_from_args(args: argparse.Namespace):

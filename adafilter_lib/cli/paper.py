@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .args import add_set_option
+
 DATASETS_HELP = "paper datasets: stanford_dogs mit_indoor67 caltech256_30 caltech256_60 fgvc_aircraft ucf101 omniglot_decathlon uc_merced_full dtd"
 
 
@@ -30,7 +32,7 @@ def add_parsers(sub) -> None:
         "--config-dir", help="folder of per-dataset configs <dataset>.yaml (default: the packaged adafilter_lib/configs/paper)"
     )
     p.add_argument("--config", help="one config for every dataset instead: a YAML file, or 'defaults' for the library defaults")
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    add_set_option(p, "overrides for every run")
     p.add_argument("--shard", default="1/1", help="run only shard i of n, e.g. 2/4 (default: 1/1)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs per run (default: all visible; >1 uses torchrun)")
     p.add_argument("--dry-run", action="store_true", help="print the plan with status and estimated GPU-hours")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import add_run_options, config_from_args
+from .args import add_run_options, add_set_option, config_from_args
 
 EXAMPLES = """examples:
   python -m adafilter_lib prune --config adafilter_lib/configs/demo.yaml --dataset digits --method fine_pruning
@@ -33,7 +33,7 @@ def _add_prune(sub) -> None:
 
 
 def _cmd_prune(args) -> int:
-    from ..pruning.study import run_pruning
+    from ..pruning.runner import run_pruning
 
     cfg = config_from_args(args)
     summary = run_pruning(cfg, resume=args.resume, force=args.force, progress=not args.no_progress)
@@ -76,12 +76,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--n-per-class", type=int, default=20, help="labelled images per class (default: 20)")
     p.add_argument("--runs", dest="runs_root", default="runs/pruning", help="run directories (default: runs/pruning)")
     p.add_argument("--out", default="results/pruning", help="result folder (default: results/pruning)")
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    add_set_option(p, "config overrides for every run")
     p.add_argument("--no-progress", action="store_true", help="hide per-epoch lines")
 
 
 def _cmd_bench(args) -> int:
-    from ..pruning.bench import run_pruning_bench
+    from ..pruning.pruning_bench import run_pruning_bench
 
     summary, _ = run_pruning_bench(
         args.runs_root, args.out, args.dataset, args.n_per_class, overrides=args.set, progress=not args.no_progress

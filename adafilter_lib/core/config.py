@@ -17,9 +17,10 @@ import yaml
 
 from .config_files import read_yaml
 from .errors import KitError, unknown_name
-from .method_config import MethodConfig
+from .method_config import OPTIMIZERS, MethodConfig
 
 SELECTION_RULES = ("error", "error_then_loss")  # how the best epoch is chosen (trainer.improves)
+SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass
@@ -58,8 +59,8 @@ class OptimConfig:
     epochs: int = 10
     precise_bn: bool = True  # recompute BN statistics on the training data after each epoch
     selection: str = "error"  # best epoch: lowest val error, ties keep the earlier; "error_then_loss": ties by val loss
-    chance_loss_factor: float = 3.0  # a run whose chosen epoch's val loss exceeds this x ln(classes) failed (0: no check;
-    # smoke runs of random-weight models measure mechanics, not learning)
+    chance_loss_factor: float = 3.0  # a run whose chosen epoch's val loss exceeds this x ln(classes) while its val error
+    # is no better than chance failed (engine.check_selected; 0: no check: smoke runs measure mechanics, not learning)
 
 
 @dataclass
@@ -197,11 +198,11 @@ def validate(cfg: RunConfig) -> None:
         ),
         (cfg.data.batch_size >= 1 and cfg.data.eval_batch_size >= 1, "data.batch_size and data.eval_batch_size must be positive"),
         (cfg.data.num_workers >= 0, "data.num_workers must be 0 or more"),
-        (cfg.optim.optimizer in ("sgd", "adamw"), f"optim.optimizer must be 'sgd' or 'adamw', got '{cfg.optim.optimizer}'"),
         (
-            cfg.optim.schedule in ("cosine", "step", "constant"),
-            f"optim.schedule must be 'cosine', 'step' or 'constant', got '{cfg.optim.schedule}'",
+            cfg.optim.optimizer in OPTIMIZERS,
+            f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}; got '{cfg.optim.optimizer}'",
         ),
+        (cfg.optim.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}; got '{cfg.optim.schedule}'"),
         (cfg.optim.lr > 0 and cfg.optim.head_lr > 0, "optim.lr and optim.head_lr must be positive"),
         (cfg.optim.epochs >= 1, "optim.epochs must be at least 1"),
         (0.0 <= cfg.optim.momentum < 1.0, "optim.momentum must lie in [0, 1)"),

@@ -191,25 +191,45 @@ def check_epoch(model: nn.Module, val: dict, epoch: int) -> None:
         raise RunFailed(f"{bad} weight tensor(s) hold NaN/inf after epoch {epoch + 1}; lower optim.lr / optim.head_lr")
 
 
-def check_selected(val_loss: float, test_loss: float, num_classes: int, chance_factor: float) -> None:
+def check_selected(val: dict, test_loss: float, num_classes: int, chance_factor: float) -> None:
     """Refuse to publish a model whose selected epoch is no better than a confident guess.
 
-    Chance level is ln(K), the loss of uniform outputs. A run whose chosen epoch's validation loss stays above
-    ``chance_factor`` x ln(K) (``optim.chance_loss_factor``, 3 by default) has outputs that are confidently
-    wrong on most validation images: a blow-up that stayed finite (``optim.lr=1e6`` gave 13-166 against
-    ln(10) = 2.3), not a model.
+    Chance level is ln(K) for the loss (uniform outputs) and 100 (1 - 1/K) % for the error. A run fails when its
+    chosen epoch's validation loss is over ``chance_factor`` x ln(K) (``optim.chance_loss_factor``, 3 by default)
+    **and** its validation error is not clearly below chance (a one-sided binomial test at 1 %): outputs that
+    are confidently wrong and no better than a guess, a blow-up that stayed finite (``optim.lr=1e6`` gave
+    13-166 against ln(10) = 2.3). The loss alone does not decide: a linear probe of Lite0 on the 8x8 digits
+    chose an epoch at 45 % validation error (chance: 90 %) with a loss of 14.3, over-confident but learning.
+
+    Args:
+        val: the chosen epoch's validation result: ``val_loss``, ``val_top1_err`` (%) and ``num_val`` (images).
 
     Raises:
-        RunFailed: the test loss is not finite, or the validation loss is over the limit (``chance_factor`` 0: no limit).
+        RunFailed: the test loss is not finite, or the chosen epoch fails the rule above (``chance_factor`` 0: no rule).
     """
     if not math.isfinite(test_loss):
         raise RunFailed(f"test loss is {test_loss}; lower optim.lr / optim.head_lr")
     chance = math.log(max(num_classes, 2))
-    if chance_factor and val_loss > chance_factor * chance:
-        raise RunFailed(
-            f"the chosen epoch's validation loss {val_loss:.3g} is over {chance_factor:g}x the chance level "
-            f"ln({num_classes}) = {chance:.2f} (optim.chance_loss_factor): the model did not learn; lower optim.lr / optim.head_lr"
-        )
+    if (
+        not chance_factor
+        or val["val_loss"] <= chance_factor * chance
+        or below_chance(val["val_top1_err"], val["num_val"], num_classes)
+    ):
+        return
+    raise RunFailed(
+        f"the chosen epoch's validation loss {val['val_loss']:.3g} is over {chance_factor:g}x the chance level ln({num_classes}) "
+        f"= {chance:.2f} (optim.chance_loss_factor) and its validation error {val['val_top1_err']:.1f} % is no better "
+        f"than chance: the model did not learn; lower optim.lr / optim.head_lr"
+    )
+
+
+def below_chance(top1_err: float, n: int, num_classes: int, alpha: float = 0.01) -> bool:
+    """Whether ``top1_err`` % wrong of ``n`` images is clearly below chance, 1 - 1/K: the one-sided binomial
+    probability of so few errors from a guess is under ``alpha``."""
+    from scipy.stats import binom
+
+    wrong = round(top1_err * n / 100.0)
+    return n > 0 and binom.cdf(wrong, n, 1.0 - 1.0 / max(num_classes, 2)) < alpha
 
 
 DIVERGED_FACTOR = 100.0  # a mean training loss this many times chance level's ln(K) means the run blew up

@@ -10,6 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+# The choices of every option that takes a name, defined once: the checks below and the modules that act on them
+# (adafilter.layers, adafilter.gate_net) read them from here.
+ADAFILTER_CHOICES = {
+    "gates": ("learned", "random", "ones", "zeros"),
+    "gated_layers": ("stages", "all"),
+    "bn_pretrained": ("stats", "frozen", "trainable"),
+    "binarize": ("straight_through", "soft"),
+    "noise": ("none", "logistic"),
+    "eval_gates": ("threshold", "sample", "mean"),
+    "gate_input": ("layer_input", "previous_output"),
+    "usage_scope": ("all", "layer"),
+}
+OPTIMIZERS = ("sgd", "adamw")
+FINE_PRUNING_CHOICES = {"granularity": ("stage", "layer"), "sampler": ("gp", "tpe"), "compression_term": ("log10", "sparsity")}
+SPOTTUNE_CHOICES = {"eval_policy": ("argmax", "sample")}
+DELTA_CHOICES = {"attention": ("loss", "uniform")}
+
 
 @dataclass
 class L2SPConfig:
@@ -112,21 +129,21 @@ class MethodConfig:
         return [l2sp, *adafilter_checks(self.adafilter), *baseline_checks(self)]
 
 
+def _choices(section: str, options, choices: dict[str, tuple]) -> list[tuple[bool, str]]:
+    """``(ok, message)`` for every named option of ``options`` against its ``choices``."""
+    return [
+        (
+            getattr(options, name) in valid,
+            f"method.{section}.{name} must be one of {', '.join(valid)}; got '{getattr(options, name)}'",
+        )
+        for name, valid in choices.items()
+    ]
+
+
 def adafilter_checks(a: AdaFilterConfig) -> list[tuple[bool, str]]:
     """Value checks of the AdaFilter options: ``(ok, message)`` pairs."""
-
-    def choice(value, name, options):
-        return value in options, f"method.adafilter.{name} must be one of {', '.join(options)}; got '{value}'"
-
     return [
-        choice(a.gates, "gates", ("learned", "random", "ones", "zeros")),
-        choice(a.gated_layers, "gated_layers", ("stages", "all")),
-        choice(a.bn_pretrained, "bn_pretrained", ("stats", "frozen", "trainable")),
-        choice(a.binarize, "binarize", ("straight_through", "soft")),
-        choice(a.noise, "noise", ("none", "logistic")),
-        choice(a.eval_gates, "eval_gates", ("threshold", "sample", "mean")),
-        choice(a.gate_input, "gate_input", ("layer_input", "previous_output")),
-        choice(a.usage_scope, "usage_scope", ("all", "layer")),
+        *_choices("adafilter", a, ADAFILTER_CHOICES),
         (a.eval_samples >= 1, "method.adafilter.eval_samples must be at least 1"),
         (
             a.gate_weight_decay is None or a.gate_weight_decay >= 0,
@@ -136,8 +153,8 @@ def adafilter_checks(a: AdaFilterConfig) -> list[tuple[bool, str]]:
         (a.hidden >= 1, "method.adafilter.hidden must be at least 1"),
         (a.gate_lr > 0, "method.adafilter.gate_lr must be positive"),
         (
-            a.gate_optimizer in (None, "sgd", "adamw"),
-            f"method.adafilter.gate_optimizer must be sgd or adamw (or unset: optim.optimizer); got '{a.gate_optimizer}'",
+            a.gate_optimizer is None or a.gate_optimizer in OPTIMIZERS,
+            f"method.adafilter.gate_optimizer must be {' or '.join(OPTIMIZERS)} (or unset: optim.optimizer); got '{a.gate_optimizer}'",
         ),
         (a.gate_warmup_epochs >= 0, "method.adafilter.gate_warmup_epochs must be 0 or more"),
         (
@@ -151,15 +168,9 @@ def baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
     """Value checks of the Fine-Pruning, SpotTune, DELTA, BSS and WiSE-FT options."""
     fp, st = m.fine_pruning, m.spottune
     return [
-        (
-            fp.granularity in ("stage", "layer"),
-            f"method.fine_pruning.granularity must be 'stage' or 'layer'; got '{fp.granularity}'",
-        ),
-        (fp.sampler in ("gp", "tpe"), f"method.fine_pruning.sampler must be 'gp' or 'tpe'; got '{fp.sampler}'"),
-        (
-            fp.compression_term in ("log10", "sparsity"),
-            f"method.fine_pruning.compression_term must be 'log10' or 'sparsity'; got '{fp.compression_term}'",
-        ),
+        *_choices("fine_pruning", fp, FINE_PRUNING_CHOICES),
+        *_choices("spottune", st, SPOTTUNE_CHOICES),
+        *_choices("delta", m.delta, DELTA_CHOICES),
         (
             fp.rounds >= 1 and fp.trials >= 1 and fp.startup_trials >= 0,
             "method.fine_pruning.rounds and trials must be at least 1, startup_trials 0 or more",
@@ -182,16 +193,8 @@ def baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
             "method.spottune.temperature, policy_lr and policy_width must be positive",
         ),
         (
-            st.eval_policy in ("argmax", "sample"),
-            f"method.spottune.eval_policy must be 'argmax' or 'sample'; got '{st.eval_policy}'",
-        ),
-        (
             m.delta.alpha >= 0 and m.delta.beta >= 0 and m.delta.attention_images >= 1,
             "method.delta.alpha and beta must be 0 or more, attention_images at least 1",
-        ),
-        (
-            m.delta.attention in ("loss", "uniform"),
-            f"method.delta.attention must be 'loss' or 'uniform'; got '{m.delta.attention}'",
         ),
         (m.bss.k >= 1 and m.bss.eta >= 0, "method.bss.k must be at least 1 and eta 0 or more"),
         (0.0 <= m.wise_ft.alpha <= 1.0, "method.wise_ft.alpha must lie in [0, 1]"),

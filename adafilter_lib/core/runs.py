@@ -250,8 +250,9 @@ class RunFolder:
         if (self.staging / CONFIG).is_file():
             refuse_other_settings(self.cfg, self.staging, "resume it with its own settings, or --force to start over")
         if is_finished(self.staging):
-            summary = read_summary(self.staging)
-            publish(self.staging, self.run_dir)
+            with self.lock():  # a process that is publishing it right now holds the lock: one line, no race
+                summary = read_summary(self.staging)
+                publish(self.staging, self.run_dir)
             return summary
         return None
 

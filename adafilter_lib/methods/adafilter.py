@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from ..adafilter.gates import GateCollector
 from ..adafilter.network import AdaFilterModel, convert_to_adafilter
 from ..core.method_config import AdaFilterConfig
 from ..core.model import ModelOutput, TransferModel, backbone_spec
@@ -64,6 +65,9 @@ class AdaFilter(Method):
             if self.options.gate_weight_decay is not None:
                 group["weight_decay"] = self.options.gate_weight_decay  # a per-group value beats optim.weight_decay
         return groups
+
+    def eval_collector(self, num_classes: int, split: str) -> GateCollector:
+        return GateCollector(num_classes, record_images=split == "test")
 
     def extra_loss(self, model: AdaFilterModel, output: ModelOutput) -> Optional[torch.Tensor]:
         """The gate usage penalty, when on: ``lam * (mean(g) - target)^2`` over all gates of the batch

@@ -14,7 +14,8 @@ train/eval mode of each part, and an optional extra loss term.
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -60,6 +61,26 @@ class Method:
 
         Default: nothing. A post-hoc method (e.g. weight interpolation) overrides this.
         """
+
+    def eval_collector(self, num_classes: int, split: str) -> Optional["EvalCollector"]:
+        """What this method records while ``split`` is evaluated (``"val"`` after every epoch, ``"test"`` once), or
+        None (the default: nothing beyond loss and error). The training loop feeds it every batch, puts its
+        ``fields()`` into the epoch's record or the summary (prefixed ``val_`` / ``test_``) and, for the test split,
+        lets it ``save`` its files into the run directory."""
+        return None
+
+
+class EvalCollector(Protocol):
+    """A method's per-batch evaluation statistics (AdaFilter: gate usage; see ``AdaFilter.eval_collector``)."""
+
+    def __call__(self, output: ModelOutput, labels: torch.Tensor, losses: torch.Tensor) -> None:
+        """One batch: the model output, labels (B,) and per-image losses (B,)."""
+
+    def fields(self) -> dict:
+        """JSON-ready numbers for the record (keys without the split prefix); {} when there is nothing to report."""
+
+    def save(self, run_dir: Path, class_names: Sequence[str]) -> None:
+        """Write the split's files into ``run_dir`` (test split only, main process)."""
 
 
 class LinearProbe(Method):

@@ -1,7 +1,7 @@
 """Registry entries for ``fine_pruning`` and ``prune_after_finetune``.
 
 Both run their own schedule (rounds of Bayesian-optimized pruning trials; dense, prune, masked) in
-:mod:`adafilter_lib.pruning.study`, started by ``python -m adafilter_lib prune``. They are listed here
+:mod:`adafilter_lib.pruning.runner`, started by ``python -m adafilter_lib prune``. They are listed here
 so that names, configs and tables treat them like every other method; the one-epoch-at-a-time loop
 of :func:`adafilter_lib.training.trainer.fit` cannot run them and stops with a one-line pointer to the command.
 """
@@ -17,7 +17,7 @@ class _PruningMethod(Method):
     def build_model(self, model: TransferModel) -> TransferModel:
         raise KitError(
             f"method '{self.name}' runs its own pruning schedule; run it with "
-            f"`python -m adafilter_lib prune --method {self.name} ...` (or adafilter_lib.pruning.study.run_pruning)"
+            f"`python -m adafilter_lib prune --method {self.name} ...` (or adafilter_lib.pruning.runner.run_pruning)"
         )
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from ..adafilter.gates import GateCollector
 from ..core.errors import KitError
 from ..core.method_config import SpotTuneConfig
 from ..core.model import ModelOutput, TransferModel
@@ -108,6 +109,10 @@ class SpotTune(Method):
                 f"spottune needs a ResNet backbone; got '{self.cfg.model.backbone}', supported: {', '.join(SUPPORTED_BACKBONES)}"
             )
         return SpotTuneModel(model, self.cfg.method.spottune).to(next(model.parameters()).device)
+
+    def eval_collector(self, num_classes: int, split: str) -> GateCollector:
+        """The per-block choices recorded as gates of width 1, as AdaFilter's per-filter ones are."""
+        return GateCollector(num_classes, record_images=split == "test")
 
     def prepare(self, model: SpotTuneModel) -> None:
         model.requires_grad_(True)

@@ -22,7 +22,7 @@ from ..core.config import RunConfig
 from ..core.engine import check_epoch, evaluate, recalibrate_bn, train_one_epoch
 from ..core.errors import KitError
 from ..core.optim import build_optimizer, build_scheduler
-from ..training.setup import epoch_seed, eval_loader, prepare_run, train_loader
+from ..training.setup import epoch_seed, eval_loader, place, prepare_run, train_loader
 from . import masks as pruning
 from . import pruned_state
 
@@ -37,11 +37,7 @@ class Session:
         self.opts = cfg.method.fine_pruning
         plain = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name="finetune"))
         self.method, self.splits, self.model = prepare_run(plain)  # same data, head init and recipe as finetune
-        self.device = dist_utils.local_device(cfg.device)
-        if self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True)
-        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = self.model.to(self.device, memory_format=fmt)
+        self.model, self.device = place(self.model, cfg)
         self.method.prepare(self.model)
         pruning.attach_masks(self.model, straight_through=self.opts.splice)
         self.groups = pruning.layer_groups(self.model, self.opts.granularity, self.opts.min_layer_weights)

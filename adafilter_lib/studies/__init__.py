@@ -1,5 +1,5 @@
 """Studies made of many runs: selection studies from recipe files (``recipe``, ``tune``, ``tune_tables``),
-the demo (``demo``), the paper sweep (``sweep``), notebook helpers (``study``) and the cost benchmark (``bench``).
+the demo (``demo``), the paper sweep (``sweep``), the notebooks' grid (``notebook_grid``) and the step-time benchmark (``step_time``).
 
 May import: ``core``, ``data``, ``adafilter``, ``methods``, ``training``, ``analysis``.
 """

@@ -7,7 +7,7 @@ labelled images per class, or null for all}; a value may also be a mapping ``{n_
 for settings of that task alone), ``seeds``, ``select`` (``first`` or ``all``), ``reference`` (the row
 paired differences are taken against), ``runs``, ``out``, ``rows``. :mod:`adafilter_lib.studies.tune` runs it.
 
-:func:`run_config` is the kit's one grid builder: the notebooks' grids (:mod:`~adafilter_lib.studies.study`),
+:func:`run_config` is the kit's one grid builder: the notebooks' grids (:mod:`~adafilter_lib.studies.notebook_grid`),
 ``sweep`` and the pruning benchmark describe their grids as a :class:`Study` too (:func:`method_grid`, with
 ``flat`` run folders), so every run config is assembled in one order: base, study settings, task, method,
 cell, seed, runs folder, the caller's ``--set``.

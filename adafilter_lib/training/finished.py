@@ -19,7 +19,7 @@ from ..core.errors import KitError
 from ..core.model import TransferModel
 from ..data import DataSplits
 from ..methods import Method
-from .setup import prepare_run
+from .setup import place, prepare_run
 
 
 @dataclass
@@ -52,9 +52,7 @@ def load_finished_run(run_dir: Union[str, Path], device: Optional[str] = None, h
         raise KitError(f"'{run_dir}' is not a finished run with {runs.BEST}; {hint}")
     cfg = load_config(run_dir / runs.CONFIG)
     method, splits, model = prepare_run(cfg)
-    where = dist_utils.local_device(device or cfg.device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(where, memory_format=memory_format)
+    model, where = place(model, cfg, dist_utils.local_device(device or cfg.device))
     best_state = runs.load_checkpoint(run_dir / runs.BEST, where, fix=f"retrain the run with --force ({hint})")
     finished = FinishedRun(run_dir, cfg, method, splits, model, where, best_state)
     finished.restore()

@@ -1,20 +1,25 @@
 """What a run trains with, rebuilt the same way by ``fit``, the pruning session and every analysis of a finished
-run: the method, data splits and model of a config (``prepare_run``), the per-epoch seeded training loader and
-the in-order evaluation loader, and the seeds.
+run: the method, data splits and model of a config (``prepare_run``), the model on its device (``place``), the
+per-epoch seeded training loader and the in-order evaluation loader, the seeds, and the summary fields every
+kind of run writes (``base_summary``).
 """
 
 from __future__ import annotations
 
 import random
+import time
+from typing import Optional
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..core import distributed as dist_utils
 from ..core.config import RunConfig
 from ..core.model import backbone_spec, build_transfer_model
+from ..core.provenance import provenance
 from ..data import DataSplits, build_datasets
 from ..methods import build_method
 
@@ -44,6 +49,46 @@ def prepare_run(cfg: RunConfig):
         head_dropout=cfg.model.head_dropout,
     )
     return method, splits, method.build_model(model)
+
+
+def place(model: nn.Module, cfg: RunConfig, device: Optional[torch.device] = None) -> tuple[nn.Module, torch.device]:
+    """The model on the run's device (default: this process's, from ``cfg.device``) in the run's memory format,
+    with deterministic kernels on CPU (a resumed run reaches the same numbers) and cuDNN autotuning on CUDA.
+    Every kind of run (``fit``, the pruning runs, a finished run loaded for analysis) places its model here."""
+    device = device or dist_utils.local_device(cfg.device)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory_format), device
+
+
+def base_summary(
+    cfg: RunConfig, splits: DataSplits, model: nn.Module, test: dict, best: dict, epochs: int, train_seconds: float
+) -> dict:
+    """The ``summary.json`` fields every kind of run writes (a method adds its own).
+
+    Args:
+        test: :func:`~adafilter_lib.core.engine.evaluate` on the test split (``top1_err``, ``loss``).
+        best: the chosen epoch: ``val_top1_err`` and ``best_epoch`` (0-based; written from 1).
+        epochs: training epochs on the path to the reported model.
+    """
+    return {
+        "top1_err": test["top1_err"],
+        "test_loss": test["loss"],
+        "val_top1_err": best["val_top1_err"],
+        "best_epoch": best["best_epoch"] + 1,
+        "epochs": epochs,
+        "train_seconds": train_seconds,
+        "num_train": len(splits.train),
+        "num_val": len(splits.val),
+        "num_test": len(splits.test),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "world_size": dist_utils.world_size(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "provenance": provenance(),  # git commit, versions, command line (a dict: tables read only the scalars)
+    }
 
 
 def train_loader(splits: DataSplits, cfg: RunConfig, epoch: int) -> DataLoader:

@@ -9,7 +9,6 @@ because every epoch re-seeds its own randomness from ``(seed, epoch, rank)``.
 
 from __future__ import annotations
 
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +16,6 @@ from typing import Callable, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..adafilter.gates import USAGE_FILE, GateRecorder, GateStats, GateSummary
 from ..core import distributed as dist_utils
 from ..core import files, runs
 from ..core.class_metrics import ClassErrors
@@ -25,10 +23,9 @@ from ..core.config import RunConfig
 from ..core.engine import check_epoch, check_selected, evaluate, recalibrate_bn, train_one_epoch
 from ..core.errors import KitError
 from ..core.optim import build_optimizer, build_scheduler
-from ..core.provenance import provenance
 from ..core.tb_log import closing_logger, epoch_logger, require_tensorboard
 from ..data import DataSplits
-from .setup import epoch_seed, eval_loader, prepare_run, train_loader
+from .setup import base_summary, epoch_seed, eval_loader, place, prepare_run, train_loader
 
 EpochHook = Callable[[int, dict], None]
 
@@ -84,12 +81,7 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     method, splits, model = prepare_run(cfg)
     if cfg.log_tensorboard:
         require_tensorboard()  # before anything is written
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    else:
-        torch.backends.cudnn.benchmark = True
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    model, device = place(model, cfg, device)
     method.prepare(model)
     optimizer = build_optimizer(method.param_groups(model), cfg.optim)
     steps = len(train_loader(splits, cfg, 0))
@@ -144,14 +136,14 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
             )
             if cfg.optim.precise_bn:
                 recalibrate_bn(model, method, train_loader(splits, cfg, epoch), device, cfg.amp, cfg.channels_last)
-            val_gates = GateStats(len(splits.classes))
-            val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last, on_batch=val_gates)
+            val_extra = method.eval_collector(len(splits.classes), "val")  # what the method records (AdaFilter: gates)
+            val = evaluate(model, val_loader, device, cfg.amp, cfg.channels_last, on_batch=val_extra)
             check_epoch(model, val, epoch)
             record = {
                 "epoch": epoch + 1,  # from 1 in every record, as best_epoch in summary.json
                 **{f"train_{k}": v for k, v in train.items()},
                 **{f"val_{k}": v for k, v in val.items()},
-                **_gate_fields(val_gates.compute(), "val_"),
+                **_prefixed(val_extra, "val_"),
             }
             improved = improves(val, best, cfg.optim.selection)
             if improved:
@@ -203,14 +195,9 @@ def improves(val: dict, best: dict, selection: str = "error") -> bool:
     return val["loss"] < best.get("val_loss", float("inf"))
 
 
-def _gate_fields(summary: Optional[GateSummary], prefix: str, by_layer: bool = True) -> dict:
-    """Metrics fields for gate usage (empty for models without gates)."""
-    if summary is None:
-        return {}
-    fields = {f"{prefix}frac_finetuned": summary.overall, f"{prefix}frac_adaptive_filters": summary.adaptive}
-    if by_layer:
-        fields[f"{prefix}frac_by_layer"] = dict(zip(summary.layer_names, summary.frac_finetuned.round(4).tolist()))
-    return fields
+def _prefixed(collector, prefix: str) -> dict:
+    """A method's evaluation collector's fields with the split prefix (none without a collector)."""
+    return {} if collector is None else {f"{prefix}{key}": value for key, value in collector.fields().items()}
 
 
 def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, best: dict, device, progress: bool) -> dict:
@@ -219,7 +206,13 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
     model.load_state_dict(runs.load_checkpoint(staging / runs.BEST, device))
     method.finalize(model)
     single = dist_utils.world_size() == 1
-    stats, recorder, per_class = GateStats(len(splits.classes)), GateRecorder(), ClassErrors(len(splits.classes))
+    extra, per_class = method.eval_collector(len(splits.classes), "test"), ClassErrors(len(splits.classes))
+    collectors = [c for c in (extra, per_class) if c is not None]
+
+    def collect(*batch) -> None:
+        for collector in collectors:
+            collector(*batch)
+
     test = evaluate(
         model,
         eval_loader(splits.test, cfg),
@@ -228,7 +221,7 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
         cfg.channels_last,
         progress=progress,
         desc="test",
-        on_batch=(lambda *batch: (stats(*batch), recorder(*batch), per_class(*batch))) if single else None,
+        on_batch=collect if single else None,
     )
     if not single and dist_utils.is_main():  # the per-image record needs every test image in order
         full = DataLoader(splits.test, batch_size=cfg.data.eval_batch_size, shuffle=False, num_workers=cfg.data.num_workers)
@@ -238,30 +231,17 @@ def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, be
             device,
             cfg.amp,
             cfg.channels_last,
-            on_batch=lambda *b: (stats(*b), recorder(*b), per_class(*b)),
+            on_batch=collect,
             reduce=False,
         )
-    check_selected(best["val_loss"], test["loss"], len(splits.classes), cfg.optim.chance_loss_factor)
-    summary_gates = stats.compute()
-    if summary_gates is not None and dist_utils.is_main():
-        recorder.save(staging, splits.classes)
-        files.atomic_write_text(staging / USAGE_FILE, summary_gates.to_frame(splits.classes).to_csv(index=False))
+    check_selected({**best, "num_val": len(splits.val)}, test["loss"], len(splits.classes), cfg.optim.chance_loss_factor)
+    if extra is not None and dist_utils.is_main():
+        extra.save(staging, splits.classes)
     history = files.read_metrics(staging / runs.METRICS) if dist_utils.is_main() else []
+    train_seconds = sum(r["train_seconds"] for r in history)
     return {
-        **_gate_fields(summary_gates, "test_", by_layer=False),
-        "top1_err": test["top1_err"],
-        "test_loss": test["loss"],
+        **_prefixed(extra, "test_"),
+        **base_summary(cfg, splits, model, test, best, cfg.optim.epochs, train_seconds),
         "test_mean_class_err": per_class.mean_class_err(),
-        "val_top1_err": best["val_top1_err"],
-        "best_epoch": best["best_epoch"] + 1,
-        "epochs": cfg.optim.epochs,
         "train_top1_err": history[-1]["train_top1_err"] if history else None,
-        "train_seconds": sum(r["train_seconds"] for r in history),
-        "num_train": len(splits.train),
-        "num_val": len(splits.val),
-        "num_test": len(splits.test),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "world_size": dist_utils.world_size(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "provenance": provenance(),  # git commit, versions, command line (a dict: tables read only the scalars)
     }

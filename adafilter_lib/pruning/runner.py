@@ -36,8 +36,7 @@ from ..core import files, runs
 from ..core.config import RunConfig
 from ..core.engine import check_selected, evaluate
 from ..core.errors import KitError
-from ..core.provenance import provenance
-from ..training.setup import eval_loader
+from ..training.setup import base_summary, eval_loader
 from ..training.trainer import improves
 from . import masks as pruning
 from . import pruned_state
@@ -110,29 +109,20 @@ def _finish(session: Session, folder: runs.RunFolder, best: dict, state: dict, e
     cfg, model = session.cfg, session.model
     test = evaluate(model, eval_loader(session.splits.test, cfg), session.device, cfg.amp, cfg.channels_last)
     try:
-        check_selected(best["val_loss"], test["loss"], len(session.splits.classes), cfg.optim.chance_loss_factor)
+        check_selected(
+            {**best, "num_val": len(session.splits.val)}, test["loss"], len(session.splits.classes), cfg.optim.chance_loss_factor
+        )
     except KitError as err:
         raise folder.abandon(err) from None
     stats = pruned_state.compression_stats(model)
     files.atomic_torch_save(pruned_state.export_pruned(model), session.staging / runs.BEST)
     files.atomic_write_text(session.staging / SPARSITY_FILE, pruned_state.sparsity_table(model).to_csv(index=False))
     opts = session.opts
+    epochs = opts.warmup_epochs + opts.rounds * opts.round_epochs + opts.final_epochs
     summary = {
-        "top1_err": test["top1_err"],
-        "test_loss": test["loss"],
-        "val_top1_err": best["val_top1_err"],
-        "best_epoch": best["best_epoch"] + 1,
+        **base_summary(cfg, session.splits, model, test, best, epochs, state["train_seconds"]),
         **stats,
-        "epochs": opts.warmup_epochs + opts.rounds * opts.round_epochs + opts.final_epochs,
-        "train_seconds": state["train_seconds"],
         "search_seconds": state["search_seconds"],
-        "num_train": len(session.splits.train),
-        "num_val": len(session.splits.val),
-        "num_test": len(session.splits.test),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "world_size": 1,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "provenance": provenance(),
         **extra,
     }
     folder.finish(summary, resume_only=(STATE_FILE,))

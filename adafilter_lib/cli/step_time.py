@@ -1,10 +1,12 @@
 """The ``bench`` and ``bench-table`` commands: AdaFilter's step time against fine-tuning's (see
-:mod:`adafilter_lib.studies.bench`; the records and their table are in ``results/bench/``).
+:mod:`adafilter_lib.studies.step_time`; the records and their table are in ``results/bench/``).
 
 Hooked into :mod:`adafilter_lib.cli.app` by :func:`add_parsers` and ``COMMANDS``.
 """
 
 from __future__ import annotations
+
+from .args import add_set_option
 
 
 def _add_bench(sub) -> None:
@@ -28,21 +30,14 @@ def _add_bench(sub) -> None:
         metavar="METHOD",
         help="more methods timed in the same interleaving, e.g. adafilter_all_finetuned (no gate network)",
     )
-    p.add_argument(
-        "--set",
-        nargs="*",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides for every timed model, e.g. method.adafilter.bn_pretrained=frozen",
-    )
+    add_set_option(p, "config overrides for every timed model, e.g. method.adafilter.bn_pretrained=frozen")
 
 
 def _cmd_bench(args) -> int:
     from ..core.config import load_config
     from ..core.model import backbone_spec
     from ..methods import build_method
-    from ..studies.bench import format_bench, run_bench
+    from ..studies.step_time import format_bench, run_bench
 
     backbone_spec(args.backbone)  # unknown names fail here, with the valid ones listed
     command = (
@@ -78,7 +73,7 @@ def _add_bench_table(sub) -> None:
 
 
 def _cmd_bench_table(args) -> int:
-    from ..studies.bench import bench_table
+    from ..studies.step_time import bench_table
 
     print(bench_table(args.records))
     return 0
