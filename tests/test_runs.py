@@ -135,3 +135,16 @@ def test_a_finished_pruning_run_with_other_settings_is_refused_not_reused(tmp_pa
     assert run_pruning(load_config(None, settings), progress=False) == {"top1_err": 3.0}  # same settings: reused
     with pytest.raises(KitError, match="other settings"):
         run_pruning(load_config(None, [*settings, "optim.lr=0.5"]), progress=False)
+
+
+def test_json_records_are_strict_a_non_finite_number_is_null(tmp_path):
+    import json
+    import math
+
+    def strict(text):  # what any JSON reader but Python's accepts: no bare NaN / Infinity
+        return json.loads(text, parse_constant=lambda word: pytest.fail(f"non-standard JSON constant {word}"))
+
+    files.atomic_write_json(tmp_path / "summary.json", {"top1_err": math.nan, "nested": {"x": [math.inf, 1.0]}})
+    assert strict((tmp_path / "summary.json").read_text()) == {"top1_err": None, "nested": {"x": [None, 1.0]}}
+    files.append_jsonl(tmp_path / "metrics.jsonl", {"epoch": 1, "val_loss": -math.inf})
+    assert [strict(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [{"epoch": 1, "val_loss": None}]

@@ -177,8 +177,8 @@ Rerunning the command reuses finished runs, continues unfinished ones and rewrit
 {one_line()} (Each run's `summary.json` records the commit, versions and command it was trained with.)
 
 Selection: {rule}. The rule: the lowest validation error; ties go to the lower validation loss of the
-best epochs, then to the cell listed first. A cell with a failed run (a loss or weight that is not finite,
-or a validation loss far above chance; `status` `failed` in `cells.csv`) is never chosen and has no
+best epochs, then to the cell listed first. A cell with a failed run (a loss or weight that is not finite, or a
+chosen epoch that is a confident guess; `status` `failed` in `cells.csv`) is never chosen and has no
 numbers. The test split is never used to choose. Differences are
 test-error points against `{study.reference}`, paired by seed, ± the standard error of the paired
 differences; "wins" counts the seeds where the row is better.
