@@ -14,8 +14,7 @@ import json
 
 import pandas as pd
 
-from ..core.config import RunConfig, to_dict
-from ..core.runs import PLACE_KEYS
+from ..core.runs import PLACE_KEYS, with_defaults
 
 SETTINGS_COLUMN = "settings"  # the run's settings as canonical JSON (a column of load_runs)
 _NOT_SETTINGS = PLACE_KEYS | {"seed", "run_name"}  # the seed varies within a cell; the rest says where a run is
@@ -24,14 +23,7 @@ _NOT_SETTINGS = PLACE_KEYS | {"seed", "run_name"}  # the seed varies within a ce
 def run_settings(saved: dict) -> str:
     """The settings of a run's saved ``config.yaml`` (missing keys count as today's defaults, as on reuse), as
     canonical JSON of the flat ``{dotted key: value}``, without the seed and the keys that say where it runs."""
-    return json.dumps(_flat(_merged(to_dict(RunConfig()), saved)), sort_keys=True, default=str)
-
-
-def _merged(defaults: dict, saved: dict) -> dict:
-    out = dict(defaults)
-    for key, value in (saved or {}).items():
-        out[key] = _merged(defaults[key], value) if isinstance(defaults.get(key), dict) and isinstance(value, dict) else value
-    return out
+    return json.dumps(_flat(with_defaults(saved)), sort_keys=True, default=str)
 
 
 def _flat(values: dict, prefix: str = "") -> dict:

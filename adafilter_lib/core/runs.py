@@ -167,7 +167,13 @@ def config_differences(cfg: RunConfig, run_dir: str | Path) -> list[str]:
     saved file lacks (an option added to the kit after the run was trained) counts as its default.
     """
     saved = yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}
-    return [key for key in _diff(to_dict(cfg), _merged(to_dict(RunConfig()), saved)) if key.split(".")[0] not in PLACE_KEYS]
+    return [key for key in _diff(to_dict(cfg), with_defaults(saved)) if key.split(".")[0] not in PLACE_KEYS]
+
+
+def with_defaults(saved: dict) -> dict:
+    """A saved ``config.yaml`` (as nested dicts) with today's defaults for the keys it lacks (options added to
+    the kit after the run was trained), so that old and new runs of the same settings compare equal."""
+    return _merged(to_dict(RunConfig()), saved or {})
 
 
 def _merged(defaults: dict, saved: dict) -> dict:
