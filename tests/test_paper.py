@@ -167,3 +167,23 @@ def test_sweep_keeps_each_configs_labelled_images_per_class_unless_set(tmp_path)
     assert grid[0].data.n_per_class == 5
     with pytest.raises(KitError, match="names the same run twice"):
         plan(["digits"], ["finetune"], [0, 0], str(tmp_path / "runs"), config_dir=str(configs))
+
+
+def test_a_failed_run_is_left_out_of_the_sweep_table_and_the_sweep_goes_on(standin, tmp_path, capsys, monkeypatch):
+    from adafilter_lib.core.errors import RunFailed
+    from adafilter_lib.studies import sweep
+
+    dataset, tiny = standin
+    grid = plan([dataset], ["linear_probe", "finetune"], [0], str(tmp_path / "runs"), overrides=tiny, config="defaults")
+    real_fit = sweep.fit
+
+    def fit_or_fail(cfg, **kwargs):
+        if cfg.method.name == "linear_probe":
+            raise RunFailed(f"run '{cfg.run_dir()}' failed: validation loss is nan after epoch 1")
+        return real_fit(cfg, **kwargs)
+
+    monkeypatch.setattr(sweep, "fit", fit_or_fail)
+    table = run_sweep(grid, str(tmp_path / "out"), progress=False)
+    assert table["method"].tolist() == ["finetune"]
+    out = capsys.readouterr().out
+    assert "failed: run" in out and "1 failed run(s) left out of the table: " in out

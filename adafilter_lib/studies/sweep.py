@@ -23,7 +23,7 @@ from ..analysis.results import build_tables, markdown_table
 from ..core import files, runs
 from ..core.config import RunConfig, load_config, to_dict
 from ..core.config_files import packaged_config_path
-from ..core.errors import KitError
+from ..core.errors import KitError, RunFailed
 from ..training.trainer import fit
 from .recipe import grid as recipe_grid
 from .recipe import method_grid
@@ -170,18 +170,25 @@ def run_sweep(
             )
         )
         return None
+    failed = []
     for number, cfg in enumerate(grid, 1):
         if progress:
             print(f"[{number}/{len(grid)}] {cfg.resolved_run_name()} ({runs.run_state(cfg.run_dir())})", flush=True)
         if runs.is_finished(cfg.run_dir()):
             continue
-        if gpus > 1:
-            _run_with_torchrun(cfg, gpus)
-        else:
-            fit(cfg, resume=True, progress=progress)
+        try:
+            if gpus > 1:
+                _run_with_torchrun(cfg, gpus)
+            else:
+                fit(cfg, resume=True, progress=progress)
+        except RunFailed as err:  # a failed run is left out of the table, not the end of the sweep
+            print(f"failed: {err}", flush=True)
+            failed.append(cfg.resolved_run_name())
     methods = list(method_order or dict.fromkeys(c.method.name for c in grid))
     table = build_tables(grid[0].runs_root, out_dir, method_order=methods)
     print(markdown_table(table))
+    if failed:
+        print(f"{len(failed)} failed run(s) left out of the table: {', '.join(failed)}", flush=True)
     print(reduction_line(table))
     return table
 
