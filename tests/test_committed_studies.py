@@ -16,7 +16,9 @@ from adafilter_lib.studies.tune_tables import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in packaged_config_path("studies").glob("*.yaml"))
-DEMO_RECORDS = "results/demo/runs"  # `demo --runs results/demo/runs` (make demo trains into runs/demo)
+# The demo's committed records: `demo --runs results/demo/runs` (make demo trains into runs/demo), and
+# `demo --seeds 0 1 2 --out results/demo_near_far --runs results/demo_near_far/runs`.
+DEMOS = {"demo": ("results/demo", [0]), "demo_near_far": ("results/demo_near_far", [0, 1, 2])}
 
 
 def _studies():
@@ -26,8 +28,9 @@ def _studies():
         study = load_study(packaged_config_path("studies", f"{name}.yaml"))
         if (ROOT / study.runs_root).is_dir():
             found.append(pytest.param(study, id=name))
-    if (ROOT / DEMO_RECORDS).is_dir():
-        found.append(pytest.param(demo_study(runs_root=DEMO_RECORDS), id="demo"))
+    for name, (out, seeds) in DEMOS.items():
+        if (ROOT / out / "runs").is_dir():
+            found.append(pytest.param(demo_study(runs_root=f"{out}/runs", out_dir=out, seeds=seeds), id=name))
     return found
 
 
