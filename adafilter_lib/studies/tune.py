@@ -18,7 +18,6 @@ every run), ``datasets`` ({name: labelled images per class, or null for all}), `
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -163,7 +162,7 @@ def selection_runs(study: Study, chosen: dict[tuple[str, str], str]) -> list[dic
                     reason = runs.failure(run_dir)
                     if not runs.is_finished(run_dir) and reason is None:
                         continue
-                    summary = json.loads((run_dir / runs.SUMMARY).read_text()) if reason is None else {}
+                    summary = runs.read_summary(run_dir) if reason is None else {}
                     records.append(
                         {
                             "row": row.name,
