@@ -12,7 +12,8 @@ widgets), ``studies`` (recipes, ``tune``, the demo, the paper sweep, benchmarks)
 
 What notebooks use most is importable from here (loaded on first use, so ``import adafilter_lib`` stays cheap):
 ``fit``, ``load_config``, ``load_finished_run``, ``load_runs``, ``build_tables``, ``GateInspector``,
-``load_gate_record``, ``counterfactual_errors``, ``run_fine_pruning``, ``run_prune_after_finetune``.
+``load_gate_record``, ``counterfactual_errors``, ``run_fine_pruning``, ``run_prune_after_finetune``,
+``run_gradual_magnitude``.
 """
 
 from importlib import import_module
@@ -30,6 +31,7 @@ _EXPORTS = {
     "counterfactual_errors": "adafilter_lib.analysis.counterfactual",
     "run_fine_pruning": "adafilter_lib.pruning.runner",
     "run_prune_after_finetune": "adafilter_lib.pruning.runner",
+    "run_gradual_magnitude": "adafilter_lib.pruning.runner",
 }
 __all__ = ["__version__", *_EXPORTS]
 

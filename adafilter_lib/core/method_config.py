@@ -81,7 +81,12 @@ class FinePruningConfig:
     min_layer_weights: int = 10000  # smaller layers (stems, small projections) are never pruned
     splice: bool = False  # recompute masks from the dense weights during fine-tuning (pruned weights can return)
     splice_every: int = 10  # optimizer steps between mask recomputations when splicing
-    target_sparsity: Optional[float] = None  # prune_after_finetune: None = the sparsity of the matching fine_pruning run
+    target_sparsity: Optional[float] = None  # prune_after_finetune, gradual_magnitude: None = the matching fine_pruning run's
+    # The compression (prunable weights / nonzero) every pruning method reaches, for fronts at 2x, 4x, ...: Fine-Pruning
+    # searches the allocation among stages at this fixed budget (the objective is validation accuracy alone, lam unused);
+    # prune_after_finetune and gradual_magnitude prune to it. None: Fine-Pruning trades with lam, the others match it.
+    target_compression: Optional[float] = None
+    prune_every: int = 10  # gradual_magnitude: optimizer steps between mask updates on the cubic schedule
 
 
 @dataclass
@@ -188,6 +193,15 @@ def baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
             fp.target_sparsity is None or 0.0 <= fp.target_sparsity < 1.0,
             "method.fine_pruning.target_sparsity must lie in [0, 1) or be null",
         ),
+        (
+            fp.target_compression is None or fp.target_compression >= 1.0,
+            "method.fine_pruning.target_compression must be 1 or more (2 = half the weights zero) or null",
+        ),
+        (
+            fp.target_sparsity is None or fp.target_compression is None,
+            "set one of method.fine_pruning.target_sparsity and target_compression, not both",
+        ),
+        (fp.prune_every >= 1, "method.fine_pruning.prune_every must be at least 1"),
         (
             st.temperature > 0 and st.policy_lr > 0 and st.policy_width >= 1,
             "method.spottune.temperature, policy_lr and policy_width must be positive",

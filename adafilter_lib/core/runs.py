@@ -5,7 +5,7 @@ Layout of one run (``<runs_root>/<run_name>/``)::
     config.yaml      the resolved RunConfig
     metrics.jsonl    one JSON object per epoch (train/val loss and error, lr, seconds)
     summary.json     final numbers: top1_err (test, %), val_top1_err, best_epoch, ... ; written last
-    checkpoint.pt    latest epoch (model, optimizer, scheduler, best-so-far); enables --resume
+    checkpoint.pt    latest epoch or phase (model, optimizer, progress, best-so-far); enables --resume
     best.pt          weights of the epoch with the lowest validation error
     failed.json      only in a staging folder: why the run failed (it is never published)
 
@@ -36,7 +36,7 @@ import yaml
 
 from .config import RunConfig, save_config, to_dict
 from .errors import KitError, RunFailed, first_line
-from .files import atomic_write_json, atomic_write_text, read_metrics
+from .files import atomic_torch_save, atomic_write_json, atomic_write_text, read_metrics
 
 PARTIAL_SUFFIX = ".partial"
 SUMMARY = "summary.json"
@@ -211,7 +211,9 @@ class RunFolder:
     2. :meth:`check_unfinished`: an unfinished ``<run>.partial/`` needs ``resume`` (and, to be resumed, the same
        settings) or ``force``;
     3. :meth:`start` (holding :meth:`lock`): create the staging folder and write ``config.yaml``;
-    4. :meth:`finish`: write ``summary.json``, drop the files only a resume needs, publish atomically; or
+    4. while training, :meth:`save_checkpoint` after every epoch or phase (what ``--resume`` reads back with
+       :meth:`resume_state`) and :meth:`save_best` for the weights a run reports;
+    5. :meth:`finish`: write ``summary.json``, drop the files only a resume needs, publish atomically; or
        :meth:`discard` after a user-caused failure, so that nothing half-written stays.
     """
 
@@ -273,11 +275,28 @@ class RunFolder:
         self.staging.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.staging / CONFIG)
 
-    def finish(self, summary: dict, resume_only: tuple[str, ...] = (CHECKPOINT,)) -> None:
-        """Write the summary last, remove the files only a resume reads, and publish the run."""
+    def save_checkpoint(self, state: dict) -> None:
+        """Write the resume state (model, optimizer, progress: whatever the runner needs to continue) atomically:
+        a kill while writing leaves the previous checkpoint."""
+        atomic_torch_save(state, self.staging / CHECKPOINT)
+
+    def resume_state(self, device: Any = "cpu") -> Optional[dict]:
+        """The last :meth:`save_checkpoint` state of the staging folder, or None (nothing to resume)."""
+        path = self.staging / CHECKPOINT
+        return load_checkpoint(path, device) if path.exists() else None
+
+    def save_best(self, state_dict: dict) -> None:
+        """Write the weights the run reports (``best.pt``), atomically."""
+        atomic_torch_save(state_dict, self.staging / BEST)
+
+    def load_best(self, device: Any = "cpu") -> dict:
+        """The weights last written by :meth:`save_best`."""
+        return load_checkpoint(self.staging / BEST, device)
+
+    def finish(self, summary: dict) -> None:
+        """Write the summary last, remove the checkpoint (only a resume reads it), and publish the run."""
         atomic_write_json(self.staging / SUMMARY, summary)
-        for name in resume_only:
-            (self.staging / name).unlink(missing_ok=True)
+        (self.staging / CHECKPOINT).unlink(missing_ok=True)
         publish(self.staging, self.run_dir)
 
     def discard(self) -> None:

@@ -1,7 +1,7 @@
-"""Registry entries for ``fine_pruning`` and ``prune_after_finetune``.
+"""Registry entries for ``fine_pruning``, ``prune_after_finetune`` and ``gradual_magnitude``.
 
-Both run their own schedule (rounds of Bayesian-optimized pruning trials; dense, prune, masked) in
-:mod:`adafilter_lib.pruning.runner`, started by ``python -m adafilter_lib prune``. They are listed here
+Each runs its own schedule (rounds of Bayesian-optimized pruning trials; dense, prune, masked; a cubic
+sparsity ramp) in :mod:`adafilter_lib.pruning.runner`, started by ``python -m adafilter_lib prune``. They are listed here
 so that names, configs and tables treat them like every other method; the one-epoch-at-a-time loop
 of :func:`adafilter_lib.training.trainer.fit` cannot run them and stops with a one-line pointer to the command.
 """
@@ -29,4 +29,8 @@ class PruneAfterFinetune(_PruningMethod):
     name = "prune_after_finetune"
 
 
-PRUNING_METHODS = (FinePruning, PruneAfterFinetune)
+class GradualMagnitude(_PruningMethod):
+    name = "gradual_magnitude"
+
+
+PRUNING_METHODS = (FinePruning, PruneAfterFinetune, GradualMagnitude)

@@ -4,6 +4,10 @@ A trial proposes, per group (stage or layer), ``u = log10(1 / (1 - sparsity))``,
 group's compression, between the group's current value and ``max_sparsity``'s (with ``gradual``, round
 ``r`` of ``R`` goes up to ``r / R`` of it). On that scale 90% and 99% sparsity are as far apart as 0% and
 90%, which is where the accuracy/size trade-off lives.
+With ``target_compression`` (a fixed budget, for fronts at 2x, 4x, ...), the proposal is an allocation: every
+group's value is shifted by one common amount (the same factor on every group's kept fraction) so that the
+whole network reaches the round's budget exactly (:func:`budget_fractions`; with ``gradual``, round ``r`` of
+``R`` reaches ``target ** (r / R)``), and the objective is validation accuracy alone.
 The study of round ``r`` is ``round_<r>`` in ``study.db``; finished trials are never repeated: a
 resumed round runs only the trials it still misses, and trials left ``RUNNING`` by a killed process
 are marked ``FAIL``.
@@ -78,6 +82,38 @@ def objective_value(val_top1_err: float, compression: float, sparsity: float, la
     return (1.0 - val_top1_err / 100.0) + lam * (math.log10(compression) if term == "log10" else sparsity)
 
 
+def budget_fractions(
+    proposal: dict[str, float],
+    low: dict[str, float],
+    high: float,
+    group_weights: dict[str, int],
+    fixed_nonzero: int,
+    total: int,
+    compression: float,
+) -> dict[str, float]:
+    """Shift a proposal of log10 compressions by one common amount so that the network reaches ``compression``.
+
+    Args:
+        proposal: {group: log10 compression proposed}; low: {group: its current value (a floor)};
+        high: the log10 compression of ``max_sparsity`` (a ceiling for every group).
+        group_weights: {group: weights}; fixed_nonzero: nonzero weights of layers in no group (never pruned);
+        total: every prunable weight (the compression's numerator).
+    Returns:
+        {group: sparsity}. No group goes below its floor or above the ceiling: if even every group at ``high``
+        cannot reach the budget, every group is at ``high``; if the floors already go past it, they stay.
+    """
+
+    def nonzero(shift: float) -> float:
+        kept = {g: 10.0 ** -min(max(proposal[g] + shift, low[g]), high) for g in proposal}
+        return fixed_nonzero + sum(group_weights[g] * kept[g] for g in proposal)
+
+    wanted, lo, hi = total / compression, -10.0, 10.0  # the shift moves 10 decades either way: every clip reached
+    for _ in range(100):  # bisection: nonzero() falls as the shift grows
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if nonzero(mid) > wanted else (lo, mid)
+    return {g: to_sparsity(min(max(proposal[g] + hi, low[g]), high)) for g in proposal}
+
+
 def run_round(session, round_index: int, fractions: dict[str, float], trial_hook=None) -> dict[str, float]:
     """Run (or finish) round ``round_index``'s study; return the best trial's {group: fraction}.
 
@@ -91,15 +127,21 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
     fail_stale_trials(study)
     low = {g: to_log_compression(f) for g, f in fractions.items()}
     high = to_log_compression(opts.max_sparsity)
-    if opts.gradual:  # prune step by step: a network pruned 98% in one go has nothing left to fine-tune from
-        high *= (round_index + 1) / opts.rounds
+    step = (round_index + 1) / opts.rounds if opts.gradual else 1.0
+    budget = None if opts.target_compression is None else opts.target_compression**step
+    if opts.gradual and budget is None:  # prune step by step: a network pruned 98% in one go has nothing left to fine-tune from
+        high *= step
     if round_index > 0 and not study.trials:
         study.enqueue_trial(low)  # the current fractions are always a candidate: a round may keep them
 
     def objective(trial) -> float:
         if trial_hook is not None:
             trial_hook(round_index, trial.number)
-        proposal = {g: to_sparsity(trial.suggest_float(g, low[g], max(low[g], high))) for g in fractions}
+        proposal = {g: trial.suggest_float(g, low[g], max(low[g], high)) for g in fractions}
+        if budget is None:
+            proposal = {g: to_sparsity(u) for g, u in proposal.items()}
+        else:
+            proposal = budget_fractions(proposal, low, high, *_budget_counts(session), budget)
         session.model.load_state_dict(start)
         session.apply(proposal, dense=opts.splice)
         try:
@@ -112,6 +154,8 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
         trial.set_user_attr("compression", stats["compression"])
         trial.set_user_attr("sparsity", stats["sparsity"])
         trial.set_user_attr("fractions", proposal)
+        if budget is not None:  # the budget fixes the compression: accuracy alone decides
+            return 1.0 - val_err / 100.0
         return objective_value(val_err, stats["compression"], stats["sparsity"], opts.lam, opts.compression_term)
 
     done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
@@ -129,6 +173,17 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
             flush=True,
         )
     return {g: float(f) for g, f in best.user_attrs["fractions"].items()}
+
+
+def _budget_counts(session) -> tuple[dict[str, int], int, int]:
+    """{group: weights}, nonzero weights of the layers in no group, and every prunable weight of the session's model."""
+    from .masks import effective_weight, prunable_layers
+
+    layers = prunable_layers(session.model)
+    grouped = {n for names in session.groups.values() for n in names}
+    weights = {g: sum(effective_weight(layers[n]).numel() for n in names) for g, names in session.groups.items()}
+    fixed = sum(int(effective_weight(m).count_nonzero()) for n, m in layers.items() if n not in grouped)
+    return weights, fixed, sum(effective_weight(m).numel() for m in layers.values())
 
 
 def trials_frame(db_path: Path) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The training side of a pruning run: a masked model, its data and the engine's loop, phase by phase.
 
-:class:`Session` holds what a ``fine_pruning`` or ``prune_after_finetune`` run works with (the
+:class:`Session` holds what a ``fine_pruning``, ``prune_after_finetune`` or ``gradual_magnitude`` run works with (the
 ``finetune`` method's recipe, data splits, the model with masks attached, the device, the staging
 directory) and trains it for a number of epochs with the shared engine (``train_one_epoch``,
 ``recalibrate_bn``, ``evaluate``), writing path epochs to ``metrics.jsonl``. Splicing re-computes the
@@ -56,16 +56,20 @@ class Session:
         fractions: Optional[dict] = None,
         record: Optional[str] = None,
         on_epoch: Optional[Callable[[int, dict], None]] = None,
+        on_step: Optional[Callable[[int, int], None]] = None,
     ) -> float:
         """Fine-tune ``epochs`` with the current masks (re-spliced at {group: fraction} when splicing); val error.
 
-        ``stream`` seeds the data order, so every trial of a round sees the same batches.
+        ``stream`` seeds the data order, so every trial of a round sees the same batches. ``on_step(step, steps)``
+        is called after every optimizer step (counted from 1 over the whole call, of ``steps`` in all).
         """
         cfg, val_err = self.cfg, None
         optimizer = build_optimizer(self.method.param_groups(self.model), cfg.optim)
         steps = len(train_loader(self.splits, cfg, 0))
         scheduler = build_scheduler(optimizer, dataclasses.replace(cfg.optim, epochs=max(epochs, 1)), steps)
         hook = self._splicer(fractions) if self.opts.splice and fractions else None
+        if on_step is not None:
+            hook = self._stepper(on_step, steps * epochs, hook)
         for epoch in range(epochs):
             key = epoch_seed(cfg.seed, stream * 1_000 + epoch)
             torch.manual_seed(key)
@@ -133,6 +137,18 @@ class Session:
             count["steps"] += 1
             if count["steps"] % self.opts.splice_every == 0:
                 self.apply(fractions, dense=True)
+
+        return hook
+
+    @staticmethod
+    def _stepper(on_step: Callable[[int, int], None], steps: int, then: Optional[Callable]) -> Callable:
+        count = {"steps": 0}
+
+        def hook(output, labels, loss):
+            count["steps"] += 1
+            on_step(count["steps"], steps)
+            if then is not None:
+                then(output, labels, loss)
 
         return hook
 

@@ -78,7 +78,7 @@ def run_study(
         ``{(row, dataset): chosen cell}`` (with ``dry_run``: only prints the plan and returns ``{}``).
     """
     if fit is None:
-        from ..training.trainer import fit
+        fit = _train_or_prune
     jobs = plan(study)
     total = sum(len(c) for *_, c in jobs) + len(study.datasets) * len(study.rows) * (len(study.seeds) - len(study.select_seeds))
     if dry_run:
@@ -137,6 +137,20 @@ def chosen_so_far(study: Study) -> dict[tuple[str, str], str]:
             if cell is not None:
                 chosen[(row.name, dataset)] = cell
     return chosen
+
+
+def _train_or_prune(cfg: RunConfig, resume: bool = False, progress: bool = True, force: bool = False) -> dict:
+    """``fit`` for trained methods, the pruning runner for ``fine_pruning``, ``prune_after_finetune`` and
+    ``gradual_magnitude`` (a recipe row may hold either)."""
+    from ..methods.fine_pruning import PRUNING_METHODS
+
+    if cfg.method.name in {m.name for m in PRUNING_METHODS}:
+        from ..pruning.runner import run_pruning
+
+        return run_pruning(cfg, resume=resume, force=force, progress=progress)
+    from ..training.trainer import fit
+
+    return fit(cfg, resume=resume, progress=progress, force=force)
 
 
 def _fit_one(fit, cfg: RunConfig, index: int, total: int, progress: bool, force: bool = False) -> Optional[dict]:

@@ -11,6 +11,8 @@ Files under the study's ``out`` folder:
                        gated rows the share of fine-tuned choices and of filters varying across test images
 ``<row>/``             the ``table --metric`` files of the chosen runs: ``error_table``, ``val_top1_err_table``
                        and, for AdaFilter rows, ``test_frac_finetuned_table`` and ``test_frac_adaptive_filters_table``
+``front.csv/.png``     pruning studies only: each pruning row's test error at its achieved compression, paired by
+                       seed with the reference (:mod:`adafilter_lib.analysis.pruning_front`)
 ``README.md``          the command, the recipe, the selection rule and the comparison table
 """
 
@@ -151,10 +153,24 @@ def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFram
                 export_table(error_table(chosen_runs, metric=metric), out / row.name, stem=table_stem(metric))
     table = comparison_table(frame, study.reference)
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False, lineterminator="\n"))
+    _write_front(frame, study.reference, out)
     markdown = comparison_markdown(table, study.reference)
     atomic_write_text(out / "comparison.md", markdown)
     atomic_write_text(out / "README.md", _readme(study, markdown, command))
     return table
+
+
+def _write_front(frame: pd.DataFrame, reference: Optional[str], out: Path) -> None:
+    """``front.csv`` and ``front.png`` when the study has pruning rows (and a dense reference row to pair with)."""
+    from ..analysis.pruning_front import front_plot, pruning_front
+    from ..analysis.viz import save_figure
+
+    front = pruning_front(frame, reference) if reference is not None else None
+    if front is None:
+        return
+    atomic_write_text(out / "front.csv", front.to_csv(index=False, lineterminator="\n"))
+    chosen = frame[frame["chosen"] & (frame["row"] == reference)]
+    save_figure(front_plot(front, chosen.groupby("dataset")["top1_err"].mean().to_dict()), out / "front.png")
 
 
 def _readme(study: Study, markdown: str, command: str) -> str:

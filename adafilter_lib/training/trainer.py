@@ -101,9 +101,8 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
     finished = dist_utils.rank_zero_decides(lock_and_start)
     if finished is not None:
         return finished
-    checkpoint_path = staging / runs.CHECKPOINT
-    if resume and checkpoint_path.exists():
-        state = runs.load_checkpoint(checkpoint_path, device)
+    state = folder.resume_state(device) if resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -150,19 +149,18 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
                 best = {"val_top1_err": val["top1_err"], "val_loss": val["loss"], "best_epoch": epoch}
             if dist_utils.is_main():
                 if improved:
-                    files.atomic_torch_save(model.state_dict(), staging / runs.BEST)
+                    folder.save_best(model.state_dict())
                 files.append_jsonl(staging / runs.METRICS, record)
                 if board is not None:
                     board.log(record)
-                files.atomic_torch_save(
+                folder.save_checkpoint(
                     {
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "epoch": epoch + 1,
                         "best": best,
-                    },
-                    checkpoint_path,
+                    }
                 )
                 if progress:
                     print(
@@ -173,7 +171,7 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
             dist_utils.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
-        summary = _finish(cfg, method, model, splits, staging, best, device, progress)
+        summary = _finish(cfg, method, model, splits, folder, best, device, progress)
     except KitError as err:
         if dist_utils.is_main():  # a failed run is kept for inspection, any other user-caused error leaves nothing
             raise folder.abandon(err) from None
@@ -200,10 +198,13 @@ def _prefixed(collector, prefix: str) -> dict:
     return {} if collector is None else {f"{prefix}{key}": value for key, value in collector.fields().items()}
 
 
-def _finish(cfg: RunConfig, method, model, splits: DataSplits, staging: Path, best: dict, device, progress: bool) -> dict:
+def _finish(
+    cfg: RunConfig, method, model, splits: DataSplits, folder: runs.RunFolder, best: dict, device, progress: bool
+) -> dict:
     """Reload the best epoch's weights and measure the test split once (never used for selection)."""
     dist_utils.barrier()
-    model.load_state_dict(runs.load_checkpoint(staging / runs.BEST, device))
+    model.load_state_dict(folder.load_best(device))
+    staging = folder.staging
     method.finalize(model)
     single = dist_utils.world_size() == 1
     extra, per_class = method.eval_collector(len(splits.classes), "test"), ClassErrors(len(splits.classes))

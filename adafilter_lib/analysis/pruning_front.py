@@ -1,0 +1,101 @@
+"""The compression front of a pruning study: each pruning method's test error at each target compression, paired
+by seed with dense fine-tuning, written by ``tune`` beside the comparison (``front.csv``, ``front.png``).
+
+A recipe gives every (method, target) its own row (``fine_pruning_4x``: ``method.fine_pruning.target_compression=4``),
+so that every point has its validation-chosen cell and its seeds; a ``fine_pruning`` row without a target is
+the point Fine-Pruning's search chooses itself (``target_compression`` empty).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+FRONT_COLUMNS = ["method", "target_compression", "compression", "top1_err", "diff_vs_dense", "diff_se", "seeds"]
+
+
+def pruning_front(records: pd.DataFrame, reference: str) -> Optional[pd.DataFrame]:
+    """One line per pruning row's chosen cell and dataset (rows without ``compression`` in their summaries are
+    not pruning rows), in recipe order; None when the study has no pruning row.
+
+    Args:
+        records: :func:`adafilter_lib.studies.tune.selection_runs` as a frame (``row, method, dataset, seed,
+            chosen, status, top1_err, compression`` and, for runs pruned to a budget, ``target_compression``).
+        reference: the dense row the differences are paired with, by seed.
+    Returns:
+        Columns ``dataset, row`` and :data:`FRONT_COLUMNS`: means over seeds of ``compression`` (achieved, from
+        actual zeros) and ``top1_err``; ``diff_vs_dense`` (points) and ``diff_se`` (standard error of the paired
+        differences; empty with one pair).
+    """
+    if "compression" not in records:
+        return None
+    chosen = records[records["chosen"]]
+    if "status" in chosen:
+        chosen = chosen[chosen["status"] == "finished"]
+    pruned = chosen[chosen["compression"].notna() & (chosen["row"] != reference)]
+    if pruned.empty:
+        return None
+    lines = []
+    for (row, dataset), group in pruned.groupby(["row", "dataset"], sort=False):
+        dense = chosen[(chosen["row"] == reference) & (chosen["dataset"] == dataset)].set_index("seed")["top1_err"]
+        diffs = group.set_index("seed")["top1_err"].sub(dense).dropna()
+        target = group["target_compression"].iloc[0] if "target_compression" in group else math.nan
+        lines.append(
+            {
+                "dataset": dataset,
+                "row": row,
+                "method": group["method"].iloc[0],
+                "target_compression": target,
+                "compression": group["compression"].mean(),
+                "top1_err": group["top1_err"].mean(),
+                "diff_vs_dense": diffs.mean() if len(diffs) else math.nan,
+                "diff_se": diffs.std(ddof=1) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan,
+                "seeds": len(group),
+            }
+        )
+    return pd.DataFrame(lines, columns=["dataset", "row", *FRONT_COLUMNS])
+
+
+def front_plot(front: pd.DataFrame, dense: dict[str, float]) -> Figure:
+    """Test error against achieved compression, one line per method (its targets), with ± the paired SE, and
+    dense fine-tuning's error per dataset as a dashed line.
+
+    Args:
+        front: :func:`pruning_front` output; dense: {dataset: the reference row's mean test error}.
+    """
+    datasets = list(dict.fromkeys(front["dataset"]))
+    fig = Figure(figsize=(5.5 * len(datasets), 4), layout="constrained")
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    times = FuncFormatter(lambda value, _: f"{value:g}x")
+    for ax, dataset in zip(axes, datasets):
+        part = front[front["dataset"] == dataset]
+        for method, group in part.groupby("method", sort=False):
+            targeted = group[group["target_compression"].notna()].sort_values("compression")
+            if len(targeted):
+                ax.errorbar(
+                    targeted["compression"],
+                    targeted["top1_err"],
+                    yerr=targeted["diff_se"].fillna(0),
+                    marker="o",
+                    capsize=3,
+                    label=method,
+                )
+            searched = group[group["target_compression"].isna()]
+            if len(searched):
+                ax.scatter(
+                    searched["compression"], searched["top1_err"], marker="*", s=140, label=f"{method} (its search's choice)"
+                )
+        if dataset in dense:
+            ax.axhline(dense[dataset], color="black", ls="--", lw=1, label="dense fine-tuning")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(times)
+        ax.xaxis.set_minor_formatter(times)
+        ax.set_title(dataset)
+        ax.set_xlabel("compression (weights / nonzero weights)")
+        ax.set_ylabel("test top-1 error (%), mean over seeds")
+        ax.legend(fontsize=7)
+    return fig

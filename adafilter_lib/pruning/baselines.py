@@ -1,0 +1,131 @@
+"""The pruning baselines a reviewer asks for beside Fine-Pruning, on the same path length and the same layers:
+
+- ``prune_after_finetune`` (:func:`run_prune_after_finetune`): dense fine-tuning (``warmup_epochs + rounds *
+  round_epochs``), one global magnitude prune, ``final_epochs`` of masked fine-tuning;
+- ``gradual_magnitude`` (:func:`run_gradual_magnitude`): Zhu & Gupta (2017), "To prune, or not to prune"
+  (arXiv 1710.01878): dense ``warmup_epochs``, then the sparsity rises on a cubic schedule during
+  ``rounds * round_epochs`` epochs of fine-tuning, then ``final_epochs`` masked.
+
+Both prune the layers Fine-Pruning may prune (``min_layer_weights`` and up) with one global magnitude threshold
+(masks through ``torch.nn.utils.prune``, :mod:`.masks`), to ``target_compression``, ``target_sparsity`` or the
+sparsity of the matching ``fine_pruning`` run (:func:`target_sparsity`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from ..core import runs
+from ..core.config import RunConfig
+from ..core.errors import KitError
+from . import masks as pruning
+from .phases import dense_phase, eligible_layers, final_phase, finish, opened, save_state, start_state
+from .session import Session
+
+
+def matching_fine_pruning_dir(cfg: RunConfig) -> Path:
+    """The ``fine_pruning`` run with the same dataset, backbone and seed as ``cfg`` (its default name)."""
+    other = dataclasses.replace(cfg, run_name=None, method=dataclasses.replace(cfg.method, name="fine_pruning"))
+    return other.run_dir()
+
+
+def target_sparsity(cfg: RunConfig) -> float:
+    """The sparsity (of every prunable weight) that ``prune_after_finetune`` and ``gradual_magnitude`` prune to:
+    ``1 - 1 / target_compression``, else ``target_sparsity``, else that of the matching ``fine_pruning`` run.
+
+    Raises:
+        KitError: neither is set and the matching fine_pruning run has not finished.
+    """
+    opts = cfg.method.fine_pruning
+    if opts.target_compression is not None:
+        return 1.0 - 1.0 / opts.target_compression
+    if opts.target_sparsity is not None:
+        return opts.target_sparsity
+    source = matching_fine_pruning_dir(cfg)
+    if not runs.is_finished(source):
+        raise KitError(
+            f"{cfg.method.name} prunes to the sparsity of '{source}', which has not finished; run "
+            f"`python -m adafilter_lib prune --method fine_pruning` with the same settings first, "
+            f"or set method.fine_pruning.target_compression (or target_sparsity)"
+        )
+    return runs.read_summary(source)["sparsity"]
+
+
+def run_prune_after_finetune(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+    """Dense fine-tuning, one global magnitude prune to the target sparsity (:func:`target_sparsity`), masked
+    fine-tuning; the same path length as Fine-Pruning's (warm-up + rounds x round epochs dense, then final epochs).
+
+    Args:
+        cfg: a config with ``method.name == "prune_after_finetune"``; epochs from ``method.fine_pruning``.
+        resume, force, progress: as :func:`run_fine_pruning`.
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    opts = cfg.method.fine_pruning
+    target = target_sparsity(cfg)
+    with opened(cfg, resume, force) as (folder, finished, state):
+        if finished is not None:
+            return finished
+        session = Session(cfg, folder.staging, progress)
+        state = start_state(session, folder, state)
+        try:
+            if state["done"] < 0:
+                dense_phase(session, folder, state, opts.warmup_epochs + opts.rounds * opts.round_epochs, "dense")
+            # The same layers as Fine-Pruning may prune, one global threshold, no splicing.
+            pruning.set_masks(session.model, pruning.global_magnitude_masks(session.model, target, eligible_layers(session)))
+            best = final_phase(session, None, state)
+        except KitError as err:
+            raise folder.abandon(err) from None
+        return finish(session, folder, best, state, {"target_sparsity": target})
+
+
+def cubic_sparsity(step: int, steps: int, final: float) -> float:
+    """Zhu & Gupta (2017)'s schedule from 0 to ``final`` over ``steps``: ``final * (1 - (1 - step / steps) ** 3)``,
+    fast at first, when many weights are redundant, and slow near the end, when few are."""
+    return final * (1.0 - (1.0 - min(step, steps) / steps) ** 3)
+
+
+def run_gradual_magnitude(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+    """Gradual magnitude pruning during fine-tuning (Zhu & Gupta, 2017): dense warm-up, then the sparsity rises on
+    :func:`cubic_sparsity` over ``rounds x round_epochs`` epochs (one global magnitude threshold over the layers
+    Fine-Pruning may prune, masks updated every ``prune_every`` optimizer steps; pruned weights stay pruned),
+    then ``final_epochs`` of masked fine-tuning: Fine-Pruning's path length.
+
+    Args:
+        cfg: a config with ``method.name == "gradual_magnitude"``; options in ``method.fine_pruning``.
+        resume, force, progress: as :func:`run_fine_pruning`.
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    opts = cfg.method.fine_pruning
+    target = target_sparsity(cfg)
+    with opened(cfg, resume, force) as (folder, finished, state):
+        if finished is not None:
+            return finished
+        session = Session(cfg, folder.staging, progress)
+        state = start_state(session, folder, state)
+        eligible = eligible_layers(session)
+
+        def prune_on_schedule(step: int, steps: int) -> None:
+            if step % opts.prune_every == 0 or step == steps:
+                masks = pruning.global_magnitude_masks(session.model, cubic_sparsity(step, steps, target), eligible)
+                pruning.set_masks(session.model, masks)
+
+        try:
+            if state["done"] < 0:
+                dense_phase(session, folder, state, opts.warmup_epochs, "warmup")
+            if state["done"] < 1:
+                start = time.perf_counter()
+                ramp = opts.rounds * opts.round_epochs
+                session.train(ramp, stream=1, record="gradual", on_step=prune_on_schedule)
+                if ramp == 0:  # no ramp: prune at once (prune after fine-tuning, from the warm-up's weights)
+                    pruning.set_masks(session.model, pruning.global_magnitude_masks(session.model, target, eligible))
+                state["train_seconds"] += time.perf_counter() - start
+                state["done"] = 1
+                save_state(session, folder, state)
+            best = final_phase(session, None, state)
+        except KitError as err:
+            raise folder.abandon(err) from None
+        return finish(session, folder, best, state, {"target_sparsity": target})

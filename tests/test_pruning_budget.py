@@ -1,0 +1,214 @@
+"""Pruning at a fixed budget: the cubic schedule of gradual magnitude pruning, Fine-Pruning's budget projection, the
+baselines' targets, and pruning rows in a study recipe."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from adafilter_lib.core import runs
+from adafilter_lib.core.config import load_config
+from adafilter_lib.core.errors import KitError
+from adafilter_lib.pruning.baselines import cubic_sparsity, run_gradual_magnitude, target_sparsity
+from adafilter_lib.pruning.runner import TRIALS_FILE, run_fine_pruning
+from adafilter_lib.pruning.search import budget_fractions, to_log_compression
+from adafilter_lib.pruning.sparse_file import SPARSE_BEST, load_sparse, save_sparse
+from adafilter_lib.studies.recipe import load_study
+from adafilter_lib.studies.tune import run_study, selection_runs
+from adafilter_lib.studies.tune_tables import write_tables
+
+NO_SEARCH_EPOCHS = [
+    "method.fine_pruning.warmup_epochs=0",
+    "method.fine_pruning.trial_epochs=0",
+    "method.fine_pruning.final_epochs=1",
+]
+
+
+def test_cubic_schedule_starts_at_zero_ends_at_the_target_and_front_loads_the_pruning():
+    assert cubic_sparsity(0, 8, 0.75) == 0.0
+    assert cubic_sparsity(8, 8, 0.75) == pytest.approx(0.75)
+    assert cubic_sparsity(12, 8, 0.75) == pytest.approx(0.75)  # past the ramp it stays at the target
+    assert cubic_sparsity(4, 8, 0.75) == pytest.approx(0.75 * (1 - 0.5**3))
+    values = [cubic_sparsity(t, 8, 0.75) for t in range(9)]
+    steps = [b - a for a, b in zip(values, values[1:])]
+    assert all(s > 0 for s in steps) and steps == sorted(steps, reverse=True)
+
+
+def _nonzero(fractions, weights, fixed):
+    return fixed + sum(weights[g] * (1 - s) for g, s in fractions.items())
+
+
+def test_budget_projection_keeps_the_proposed_allocation_and_reaches_the_budget_exactly():
+    weights, fixed, total = {"a": 100, "b": 300}, 50, 450
+    # Equal proposals: both groups keep the same fraction, 100 of 400 weights, so that 150 of 450 stay (3x).
+    even = budget_fractions({"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.0}, 2.0, weights, fixed, total, 3.0)
+    assert even == pytest.approx({"a": 0.75, "b": 0.75})
+    # A proposal that prunes b ten times harder keeps that ratio of kept fractions at the budget.
+    skewed = budget_fractions({"a": 0.0, "b": 1.0}, {"a": 0.0, "b": 0.0}, 2.0, weights, fixed, total, 3.0)
+    assert _nonzero(skewed, weights, fixed) == pytest.approx(150)
+    assert (1 - skewed["a"]) / (1 - skewed["b"]) == pytest.approx(10)
+    # A floor (the fraction a group already has) and the ceiling bind.
+    half = {"a": 0.0, "b": to_log_compression(0.5)}  # b is already half pruned: only a can give the rest
+    floored = budget_fractions({"a": 0.0, "b": 0.0}, half, 2.0, weights, fixed, total, 450 / 250)
+    assert floored == pytest.approx({"a": 0.5, "b": 0.5}) and _nonzero(floored, weights, fixed) == pytest.approx(250)
+    beyond = budget_fractions({"a": 0.0, "b": 0.0}, half, 2.0, weights, fixed, total, 1.2)  # the floors go further
+    assert beyond == pytest.approx({"a": 0.0, "b": 0.5})
+    capped = budget_fractions({"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.0}, to_log_compression(0.5), weights, fixed, total, 100)
+    assert capped == pytest.approx({"a": 0.5, "b": 0.5})  # out of reach: every group at max_sparsity
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["method.fine_pruning.target_compression=0.5"], "target_compression must be 1 or more"),
+        (
+            ["method.fine_pruning.target_compression=4", "method.fine_pruning.target_sparsity=0.5"],
+            "not both",
+        ),
+        (["method.fine_pruning.prune_every=0"], "prune_every must be at least 1"),
+    ],
+)
+def test_impossible_targets_are_refused_when_the_config_is_read(overrides, words):
+    with pytest.raises(KitError, match=words):
+        load_config(None, overrides)
+
+
+def test_the_baselines_prune_to_the_target_compression_else_the_target_sparsity():
+    assert target_sparsity(load_config(None, ["method.fine_pruning.target_compression=4"])) == 0.75
+    assert target_sparsity(load_config(None, ["method.fine_pruning.target_sparsity=0.5"])) == 0.5
+
+
+def test_gradual_magnitude_ramps_the_sparsity_on_the_cubic_schedule_then_fine_tunes_masked(tiny_overrides):
+    cfg = load_config(
+        None,
+        tiny_overrides
+        + NO_SEARCH_EPOCHS
+        + [
+            "method.name=gradual_magnitude",
+            "method.fine_pruning.rounds=1",
+            "method.fine_pruning.round_epochs=2",
+            "method.fine_pruning.target_compression=4",
+            "method.fine_pruning.prune_every=1",
+        ],
+    )
+    summary = run_gradual_magnitude(cfg, progress=False)
+    assert summary["sparsity"] == pytest.approx(0.75, abs=1e-6) and summary["compression"] == pytest.approx(4, rel=1e-5)
+    records = [json.loads(line) for line in (cfg.run_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records] == ["gradual", "gradual", "final"] and summary["epochs"] == 3
+    # 30 training images in batches of 8: 4 steps per epoch, 8 on the ramp; epoch 1 ends at step 4 of 8.
+    assert records[0]["sparsity"] == pytest.approx(cubic_sparsity(4, 8, 0.75), abs=1e-4)
+    assert records[1]["sparsity"] == pytest.approx(0.75, abs=1e-6) == records[2]["sparsity"]
+    # The sparse copy is smaller on disk and holds exactly the weights of best.pt.
+    dense = runs.load_checkpoint(cfg.run_dir() / runs.BEST)
+    sparse = load_sparse(cfg.run_dir() / SPARSE_BEST)
+    assert sparse.keys() == dense.keys() and all(torch.equal(sparse[k], dense[k]) for k in dense)
+    assert summary["sparse_bytes"] < 0.5 * summary["best_bytes"]
+
+
+def test_sparse_file_round_trips_exactly_and_stores_only_what_saves_bytes(tmp_path):
+    torch.manual_seed(0)
+    conv = torch.randn(8, 4, 3, 3) * (torch.rand(8, 4, 3, 3) > 0.75)  # about 3/4 zeros
+    state = {
+        "conv.weight": conv,
+        "bn.weight": torch.randn(8),  # no zeros: stored as it is
+        "bn.num_batches_tracked": torch.tensor(5),
+        "almost_dense": torch.ones(64).index_fill_(0, torch.tensor([3]), 0.0),  # one zero: the bitmask would cost more
+    }
+    size = save_sparse(state, tmp_path / "m.pt")
+    torch.save(state, tmp_path / "dense.pt")
+    loaded = load_sparse(tmp_path / "m.pt")
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert loaded["conv.weight"].dtype == torch.float32 and loaded["bn.num_batches_tracked"].dtype == torch.int64
+    stored = torch.load(tmp_path / "m.pt", weights_only=True)["tensors"]
+    assert isinstance(stored["conv.weight"], dict) and not isinstance(stored["almost_dense"], dict)
+    assert size == (tmp_path / "m.pt").stat().st_size
+
+
+def test_a_damaged_or_foreign_sparse_file_is_one_line(tmp_path):
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "plain.pt")
+    with pytest.raises(KitError, match="not a sparse model file"):
+        load_sparse(tmp_path / "plain.pt")
+    save_sparse({"w": torch.zeros(100)}, tmp_path / "m.pt")
+    (tmp_path / "m.pt").write_bytes((tmp_path / "m.pt").read_bytes()[:50])
+    with pytest.raises(KitError, match="cannot be read") as err:
+        load_sparse(tmp_path / "m.pt")
+    assert "\n" not in str(err.value)
+
+
+def test_fine_pruning_at_a_budget_reaches_each_rounds_compression_and_scores_accuracy_alone(tiny_overrides):
+    cfg = load_config(
+        None,
+        tiny_overrides
+        + NO_SEARCH_EPOCHS
+        + [
+            "method.name=fine_pruning",
+            "method.fine_pruning.rounds=2",
+            "method.fine_pruning.trials=3",
+            "method.fine_pruning.startup_trials=2",
+            "method.fine_pruning.round_epochs=0",
+            "method.fine_pruning.granularity=layer",
+            "method.fine_pruning.target_compression=9",
+        ],
+    )
+    summary = run_fine_pruning(cfg, progress=False)
+    trials = pd.read_csv(cfg.run_dir() / TRIALS_FILE)
+    complete = trials[trials["state"] == "COMPLETE"]
+    for round_number, budget in [(1, 3.0), (2, 9.0)]:  # gradual: 9 ** (1/2), then 9
+        got = complete[complete["round"] == round_number]
+        assert got["compression"].to_numpy() == pytest.approx(budget, rel=2e-3)
+        assert got["objective"].to_numpy() == pytest.approx(1 - got["val_top1_err"].to_numpy() / 100)
+    assert summary["compression"] == pytest.approx(9, rel=2e-3) and math.isfinite(summary["top1_err"])
+
+
+def test_pruning_rows_run_through_tune_and_their_front_is_paired_with_dense_by_seed(tmp_path, tiny_overrides):
+    recipe = {
+        "set": tiny_overrides[1:] + NO_SEARCH_EPOCHS + ["method.fine_pruning.rounds=1", "method.fine_pruning.round_epochs=1"],
+        "datasets": {"digits": 4},
+        "seeds": [0, 1],
+        "reference": "finetune",
+        "runs": str(tmp_path / "study_runs"),
+        "out": str(tmp_path / "out"),
+        "rows": {
+            "finetune": {"grid": {"optim.lr": [0.01]}},
+            "gradual_magnitude_2x": {"method": "gradual_magnitude", "set": ["method.fine_pruning.target_compression=2"]},
+            "gradual_magnitude_4x": {"method": "gradual_magnitude", "set": ["method.fine_pruning.target_compression=4"]},
+        },
+    }
+    path = tmp_path / "prune.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    study = load_study(path)
+    chosen = run_study(study, progress=False)
+    assert set(chosen) == {("finetune", "digits"), ("gradual_magnitude_2x", "digits"), ("gradual_magnitude_4x", "digits")}
+    records = selection_runs(study, chosen)
+    write_tables(study, records, "test")
+    front = pd.read_csv(tmp_path / "out" / "front.csv")
+    assert list(front["row"]) == ["gradual_magnitude_2x", "gradual_magnitude_4x"] and list(front["seeds"]) == [2, 2]
+    assert front["target_compression"].tolist() == [2, 4] and front["compression"].to_numpy() == pytest.approx([2, 4], rel=1e-4)
+    err = {(r["row"], r["seed"]): r["top1_err"] for r in records}
+    diffs = [err[("gradual_magnitude_4x", s)] - err[("finetune", s)] for s in (0, 1)]
+    assert front["diff_vs_dense"].iloc[1] == pytest.approx(sum(diffs) / 2)
+    assert front["diff_se"].iloc[1] == pytest.approx(abs(diffs[0] - diffs[1]) / 2)  # SE of two paired differences
+    assert (tmp_path / "out" / "front.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("recipe", ["uc_merced_pruning_few", "uc_merced_pruning_full"])
+def test_every_method_of_a_pruning_study_walks_the_same_epochs_to_its_model(recipe):
+    from adafilter_lib.pruning.pruning_bench import path_epochs
+    from adafilter_lib.studies.recipe import run_config
+
+    study = load_study(f"studies/{recipe}")
+    lengths = {}
+    for row in study.rows:
+        for cell in row.cells:
+            cfg = run_config(study, row, "uc_merced", cell, 0)
+            lengths[row.name, cell] = cfg.optim.epochs if row.method == "finetune" else path_epochs(cfg)
+    assert len(set(lengths.values())) == 1, lengths
+    targets = {
+        row.name: run_config(study, row, "uc_merced", next(iter(row.cells)), 0).method.fine_pruning.target_compression
+        for row in study.rows
+    }
+    for method in ("fine_pruning", "prune_after_finetune", "gradual_magnitude"):
+        assert [targets[f"{method}_{c}x"] for c in (2, 4, 8, 16)] == [2, 4, 8, 16]
