@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from adafilter_lib.adafilter.layers import GatedConv2d, reference_gated_conv
+from adafilter_lib.adafilter.layers import GatedConv2d, reference_gated_conv, unfolded_eval
 
 
 def _conv_bn(c_in, c_out, kernel=3, stride=1, groups=1, bias=False, seed=0):
@@ -40,7 +40,7 @@ def test_gates_select_between_the_plain_pretrained_and_finetuned_layers(layout):
     _drift(layer)
     x = torch.randn(3, conv.in_channels, 8, 8)
     zeros, ones = torch.zeros(3, conv.out_channels), torch.ones(3, conv.out_channels)
-    with torch.no_grad():
+    with torch.no_grad(), unfolded_eval(layer):  # bit for bit on the layer's own path (folding: its own test)
         pretrained = bn.eval()(conv(x))
         finetuned = layer.plain_finetuned().eval()(x)
         assert torch.equal(layer(x, zeros), pretrained)  # bit for bit
@@ -67,8 +67,13 @@ def test_at_initialization_any_gates_give_the_pretrained_output():
     x = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         expected = bn.eval()(conv(x))
+        with unfolded_eval(layer):
+            for _ in range(3):
+                assert torch.equal(layer(x, (torch.rand(2, 6) > 0.5).float()), expected)
+        folded = layer(x, torch.zeros(2, 6))  # both folded banks are equal too: every gate choice gives one output
         for _ in range(3):
-            assert torch.equal(layer(x, (torch.rand(2, 6) > 0.5).float()), expected)
+            assert torch.equal(layer(x, (torch.rand(2, 6) > 0.5).float()), folded)
+        torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_only_finetuned_filters_and_bn_learn_and_gradients_reach_the_gates():
@@ -129,3 +134,22 @@ def test_frozen_pretrained_bn_folded_into_the_conv_equals_conv_then_bn(layout):
     assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
     # gates all 0 give exactly the pretrained path
     assert torch.equal(layer(x.detach(), torch.zeros(3, conv.out_channels)), layer._pretrained_path(x.detach()))
+
+
+@pytest.mark.parametrize("mode", ["stats", "frozen", "trainable"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_evaluation_folds_both_bns_into_one_conv_that_equals_the_unfolded_layer(layout, mode):
+    conv, bn = _conv_bn(**LAYOUTS[layout])
+    layer = GatedConv2d(conv, bn, bn_pretrained=mode).eval()
+    _drift(layer)
+    x = torch.randn(3, LAYOUTS[layout]["c_in"], 9, 9)
+    gates = torch.rand(3, layer.out_channels)  # soft gates too: the mix is the same lerp
+    assert layer._foldable()
+    folded = layer(x, gates)
+    layer.fold_eval_bn = False
+    unfolded = layer(x, gates)
+    torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
+    layer.fold_eval_bn = True
+    hard = (gates > 0.5).float()
+    torch.testing.assert_close(layer(x, hard), reference_gated_conv(layer, x, hard), rtol=1e-5, atol=1e-5)
+    assert not layer.train()._foldable()  # training normalizes with batch statistics: nothing to fold

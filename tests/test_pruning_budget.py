@@ -175,13 +175,14 @@ def test_pruning_rows_run_through_tune_and_their_front_is_paired_with_dense_by_s
             "finetune": {"grid": {"optim.lr": [0.01]}},
             "gradual_magnitude_2x": {"method": "gradual_magnitude", "set": ["method.fine_pruning.target_compression=2"]},
             "gradual_magnitude_4x": {"method": "gradual_magnitude", "set": ["method.fine_pruning.target_compression=4"]},
+            "channel_pruning_2x": {"method": "channel_pruning", "set": ["method.fine_pruning.target_macs_ratio=2"]},
         },
     }
     path = tmp_path / "prune.yaml"
     path.write_text(yaml.safe_dump(recipe))
     study = load_study(path)
     chosen = run_study(study, progress=False)
-    assert set(chosen) == {("finetune", "digits"), ("gradual_magnitude_2x", "digits"), ("gradual_magnitude_4x", "digits")}
+    assert len(chosen) == 4
     records = selection_runs(study, chosen)
     write_tables(study, records, "test")
     front = pd.read_csv(tmp_path / "out" / "front.csv")
@@ -192,6 +193,21 @@ def test_pruning_rows_run_through_tune_and_their_front_is_paired_with_dense_by_s
     assert front["diff_vs_dense"].iloc[1] == pytest.approx(sum(diffs) / 2)
     assert front["diff_se"].iloc[1] == pytest.approx(abs(diffs[0] - diffs[1]) / 2)  # SE of two paired differences
     assert (tmp_path / "out" / "front.png").stat().st_size > 0
+    structured = pd.read_csv(tmp_path / "out" / "structured.csv")  # channel rows: their own table, not the front
+    assert list(structured["variant"]) == ["channel_pruning_2x"] and structured["macs_ratio"].iloc[0] == pytest.approx(
+        2, rel=0.02
+    )
+    assert list(structured.columns)[2:] == [
+        "variant",
+        "macs_ratio",
+        "params_ratio",
+        "latency_ratio_b1",
+        "latency_ratio_b32",
+        "top1_err",
+        "diff_vs_dense",
+        "diff_se",
+        "seeds",
+    ]
 
 
 @pytest.mark.parametrize("recipe", ["uc_merced_pruning_few", "uc_merced_pruning_full"])
@@ -212,3 +228,8 @@ def test_every_method_of_a_pruning_study_walks_the_same_epochs_to_its_model(reci
     }
     for method in ("fine_pruning", "prune_after_finetune", "gradual_magnitude"):
         assert [targets[f"{method}_{c}x"] for c in (2, 4, 8, 16)] == [2, 4, 8, 16]
+    macs = {
+        row.name: run_config(study, row, "uc_merced", next(iter(row.cells)), 0).method.fine_pruning.target_macs_ratio
+        for row in study.rows
+    }
+    assert (macs["channel_pruning_2x"], macs["channel_pruning_4x"]) == (2, 4)

@@ -12,13 +12,17 @@ timm's ``CondConv2d``. Both copies start equal, so at initialization every gate 
 pretrained network's output.
 
 Cost: the forward runs both filter banks; the backward needs input gradients through both and weight
-gradients for the fine-tuned bank only, about 5/3 of a fine-tuning step in convolution FLOPs.
+gradients for the fine-tuned bank only, about 5/3 of a fine-tuning step in convolution FLOPs. At
+evaluation both BNs are fixed affine maps: they are folded into their filter banks and the two banks run
+as one convolution of twice the output channels (``fold_eval_bn``; equal to the unfolded layer up to float
+rounding), so an evaluation step costs one wider conv and the mix instead of two convs and two BN passes.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +48,8 @@ class GatedConv2d(nn.Module):
     Shape:
         x: (B, C_in, H, W); gates: (B, C_out), 1 = fine-tuned filter; output: (B, C_out, H', W').
     """
+
+    fold_eval_bn = True  # evaluation folds both BNs into one conv of both banks (False: the training path; the bench compares)
 
     def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None, gated_bn: bool = True, bn_pretrained: str = "stats"):
         super().__init__()
@@ -79,6 +85,8 @@ class GatedConv2d(nn.Module):
         g = gates.to(x.dtype)[:, :, None, None]  # (B, C_out, 1, 1)
         if self.pad_same:  # pad once for both filter banks
             x = pad_same(x, self.weight_finetuned.shape[-2:], self.stride, self.dilation)
+        if self._foldable():
+            return self._folded_forward(x, g)
         y_pre = self._pretrained_path(x)
         y_ft = self._conv(x, self.weight_finetuned, self.bias_finetuned)
         if self.gated_bn:
@@ -88,6 +96,42 @@ class GatedConv2d(nn.Module):
         if not self.gated_bn and self.bn_finetuned is not None:
             y = self.bn_finetuned(y)
         return y
+
+    def _foldable(self) -> bool:
+        """Evaluation with gated BN whose both BNs normalize with running statistics (fixed affine maps)."""
+        bns = (self.bn_finetuned, self.bn_pretrained)
+        return (
+            self.fold_eval_bn
+            and not self.training
+            and self.gated_bn
+            and all(not bn.training and bn.running_mean is not None for bn in bns)
+        )
+
+    def _folded_bank(self, weight, bias, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+        """``conv(x, W, b)`` then eval BN as one conv: ``W * s`` and ``(b - mean) * s + beta``, ``s = gamma / sqrt(var + eps)``."""
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.affine:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale + (bn.bias if bn.affine else 0.0)
+        if bias is not None:
+            shift = shift + bias * scale
+        return weight * scale.view(-1, 1, 1, 1), shift
+
+    def _folded_forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Both banks, BN folded, in one convolution; within each conv group the fine-tuned filters come first.
+
+        Shape:
+            x: (B, C_in, H, W) (already padded); g: (B, C_out, 1, 1); output: (B, C_out, H', W').
+        """
+        w_ft, b_ft = self._folded_bank(self.weight_finetuned, self.bias_finetuned, self.bn_finetuned)
+        w_pre, b_pre = self._folded_bank(self.weight_pretrained, self.bias_pretrained, self.bn_pretrained)
+        groups, per_group = self.groups, self.out_channels // self.groups
+        weight = torch.stack([w_ft.unflatten(0, (groups, per_group)), w_pre.unflatten(0, (groups, per_group))], 1)
+        bias = torch.stack([b_ft.view(groups, per_group), b_pre.view(groups, per_group)], 1)
+        y = self._conv(x, weight.flatten(0, 2), bias.flatten())  # (B, 2 C_out, H', W'), per group [ft, pre]
+        y = y.unflatten(1, (groups, 2, per_group))
+        y_ft, y_pre = y[:, :, 0].flatten(1, 2), y[:, :, 1].flatten(1, 2)
+        return torch.lerp(y_pre, y_ft, g)
 
     def _pretrained_path(self, x: torch.Tensor) -> torch.Tensor:
         """``BN_pre(conv(x, W_pre))`` with gated BN, else ``conv(x, W_pre)``.
@@ -142,6 +186,21 @@ class GatedConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.weight_finetuned.shape[-2:])}, "
             f"stride={self.stride}, groups={self.groups}, gated_bn={self.gated_bn}, bn_pretrained={self.bn_pretrained_mode}"
         )
+
+
+@contextmanager
+def unfolded_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluate ``model``'s gated layers on the training path (conv, then each BN) instead of the folded conv:
+    bit for bit what the layer math defines (gates 0 give the pretrained network exactly), a little slower."""
+    layers = [m for m in model.modules() if isinstance(m, GatedConv2d)]
+    saved = [layer.fold_eval_bn for layer in layers]
+    for layer in layers:
+        layer.fold_eval_bn = False
+    try:
+        yield model
+    finally:
+        for layer, fold in zip(layers, saved):
+            layer.fold_eval_bn = fold
 
 
 def _plain_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:

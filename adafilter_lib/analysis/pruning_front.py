@@ -3,7 +3,8 @@ by seed with dense fine-tuning, written by ``tune`` beside the comparison (``fro
 
 A recipe gives every (method, target) its own row (``fine_pruning_4x``: ``method.fine_pruning.target_compression=4``),
 so that every point has its validation-chosen cell and its seeds; a ``fine_pruning`` row without a target is
-the point Fine-Pruning's search chooses itself (``target_compression`` empty).
+the point Fine-Pruning's search chooses itself (``target_compression`` empty). Structured rows
+(``channel_pruning``) go to ``structured.csv`` instead, with their MACs, parameter and latency ratios.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 FRONT_COLUMNS = ["method", "target_compression", "compression", "top1_err", "diff_vs_dense", "diff_se", "seeds"]
+STRUCTURED_COLUMNS = [
+    "variant",
+    "macs_ratio",
+    "params_ratio",
+    "latency_ratio_b1",
+    "latency_ratio_b32",
+    "top1_err",
+    "diff_vs_dense",
+    "diff_se",
+    "seeds",
+]
 
 
 def pruning_front(records: pd.DataFrame, reference: str) -> Optional[pd.DataFrame]:
@@ -31,33 +43,51 @@ def pruning_front(records: pd.DataFrame, reference: str) -> Optional[pd.DataFram
         actual zeros) and ``top1_err``; ``diff_vs_dense`` (points) and ``diff_se`` (standard error of the paired
         differences; empty with one pair).
     """
-    if "compression" not in records:
+    return _paired_lines(records, reference, "compression", ["method", "target_compression", "compression"], FRONT_COLUMNS)
+
+
+def structured_table(records: pd.DataFrame, reference: str) -> Optional[pd.DataFrame]:
+    """One line per ``channel_pruning`` row's chosen cell and dataset: ``dataset, row`` and
+    :data:`STRUCTURED_COLUMNS` (ratios are dense ÷ pruned, means over seeds: more than 1 is smaller or faster;
+    the latency ratios were timed inside each run, dense and pruned interleaved); None without such rows."""
+    if "macs_ratio" not in records:
+        return None
+    means = ["macs_ratio", "params_ratio", "latency_ratio_b1", "latency_ratio_b32"]
+    table = _paired_lines(records, reference, "macs_ratio", means, STRUCTURED_COLUMNS)
+    return None if table is None else table.assign(variant=table["row"])[["dataset", "row", *STRUCTURED_COLUMNS]]
+
+
+def _paired_lines(
+    records: pd.DataFrame, reference: str, marker: str, kept: list[str], columns: list[str]
+) -> Optional[pd.DataFrame]:
+    """Per chosen (row, dataset) whose runs have ``marker``: the ``kept`` columns (first value of ``method`` and
+    ``target_compression``, the mean of the others), mean test error, paired difference to ``reference`` and its SE."""
+    if marker not in records:
         return None
     chosen = records[records["chosen"]]
     if "status" in chosen:
         chosen = chosen[chosen["status"] == "finished"]
-    pruned = chosen[chosen["compression"].notna() & (chosen["row"] != reference)]
+    pruned = chosen[chosen[marker].notna() & (chosen["row"] != reference)]
     if pruned.empty:
         return None
     lines = []
     for (row, dataset), group in pruned.groupby(["row", "dataset"], sort=False):
         dense = chosen[(chosen["row"] == reference) & (chosen["dataset"] == dataset)].set_index("seed")["top1_err"]
         diffs = group.set_index("seed")["top1_err"].sub(dense).dropna()
-        target = group["target_compression"].iloc[0] if "target_compression" in group else math.nan
-        lines.append(
-            {
-                "dataset": dataset,
-                "row": row,
-                "method": group["method"].iloc[0],
-                "target_compression": target,
-                "compression": group["compression"].mean(),
-                "top1_err": group["top1_err"].mean(),
-                "diff_vs_dense": diffs.mean() if len(diffs) else math.nan,
-                "diff_se": diffs.std(ddof=1) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan,
-                "seeds": len(group),
-            }
+        line = {"dataset": dataset, "row": row}
+        for column in kept:
+            if column in ("method", "target_compression"):
+                line[column] = group[column].iloc[0] if column in group else math.nan
+            else:
+                line[column] = group[column].mean()
+        line.update(
+            top1_err=group["top1_err"].mean(),
+            diff_vs_dense=diffs.mean() if len(diffs) else math.nan,
+            diff_se=diffs.std(ddof=1) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan,
+            seeds=len(group),
         )
-    return pd.DataFrame(lines, columns=["dataset", "row", *FRONT_COLUMNS])
+        lines.append(line)
+    return pd.DataFrame(lines).reindex(columns=["dataset", "row", *[c for c in columns if c != "variant"]])
 
 
 def front_plot(front: pd.DataFrame, dense: dict[str, float]) -> Figure:

@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   python -m adafilter_lib prune --config adafilter_lib/configs/demo.yaml --dataset digits --method prune_after_finetune
   python -m adafilter_lib prune ... --method gradual_magnitude --set method.fine_pruning.target_compression=4
   python -m adafilter_lib prune ... --set method.fine_pruning.target_compression=4   # Fine-Pruning at a fixed budget
+  python -m adafilter_lib prune ... --method channel_pruning --set method.fine_pruning.target_macs_ratio=2
   python -m adafilter_lib prune ... --set method.fine_pruning.sampler=tpe method.fine_pruning.splice=true
   python -m adafilter_lib prune ... --resume           # continue a killed study (finished trials are kept)
   python -m adafilter_lib compact --run runs/digits__adafilter__efficientnet_lite0__s0 --out results/compaction.csv
@@ -26,13 +27,16 @@ def _add_prune(sub) -> None:
     p = sub.add_parser(
         "prune",
         help="Fine-Pruning (Bayesian-optimized pruning rounds) or a pruning baseline (prune after fine-tuning, gradual magnitude)",
-        description="Run method fine_pruning, prune_after_finetune or gradual_magnitude to a run directory. Settings as for "
+        description="Run method fine_pruning, prune_after_finetune, gradual_magnitude or channel_pruning to a run directory. Settings as for "
         "`train` (defaults, --config, shortcut flags, --set); options under method.fine_pruning.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
     )
     add_run_options(
-        p, methods=["fine_pruning", "prune_after_finetune", "gradual_magnitude"], method_default="fine_pruning", epochs=False
+        p,
+        methods=["fine_pruning", "prune_after_finetune", "gradual_magnitude", "channel_pruning"],
+        method_default="fine_pruning",
+        epochs=False,
     )
 
 

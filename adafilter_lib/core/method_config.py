@@ -87,6 +87,7 @@ class FinePruningConfig:
     # prune_after_finetune and gradual_magnitude prune to it. None: Fine-Pruning trades with lam, the others match it.
     target_compression: Optional[float] = None
     prune_every: int = 10  # gradual_magnitude: optimizer steps between mask updates on the cubic schedule
+    target_macs_ratio: float = 2.0  # channel_pruning: dense MACs / pruned MACs per image (Torch-Pruning, per layer)
 
 
 @dataclass
@@ -202,6 +203,7 @@ def baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
             "set one of method.fine_pruning.target_sparsity and target_compression, not both",
         ),
         (fp.prune_every >= 1, "method.fine_pruning.prune_every must be at least 1"),
+        (fp.target_macs_ratio >= 1.0, "method.fine_pruning.target_macs_ratio must be 1 or more (2 = half the MACs)"),
         (
             st.temperature > 0 and st.policy_lr > 0 and st.policy_width >= 1,
             "method.spottune.temperature, policy_lr and policy_width must be positive",

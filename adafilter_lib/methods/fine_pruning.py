@@ -1,4 +1,4 @@
-"""Registry entries for ``fine_pruning``, ``prune_after_finetune`` and ``gradual_magnitude``.
+"""Registry entries for ``fine_pruning``, ``prune_after_finetune``, ``gradual_magnitude`` and ``channel_pruning``.
 
 Each runs its own schedule (rounds of Bayesian-optimized pruning trials; dense, prune, masked; a cubic
 sparsity ramp) in :mod:`adafilter_lib.pruning.runner`, started by ``python -m adafilter_lib prune``. They are listed here
@@ -33,4 +33,8 @@ class GradualMagnitude(_PruningMethod):
     name = "gradual_magnitude"
 
 
-PRUNING_METHODS = (FinePruning, PruneAfterFinetune, GradualMagnitude)
+class ChannelPruning(_PruningMethod):
+    name = "channel_pruning"
+
+
+PRUNING_METHODS = (FinePruning, PruneAfterFinetune, GradualMagnitude, ChannelPruning)

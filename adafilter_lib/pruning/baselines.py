@@ -6,13 +6,18 @@
   (arXiv 1710.01878): dense ``warmup_epochs``, then the sparsity rises on a cubic schedule during
   ``rounds * round_epochs`` epochs of fine-tuning, then ``final_epochs`` masked.
 
-Both prune the layers Fine-Pruning may prune (``min_layer_weights`` and up) with one global magnitude threshold
+- ``channel_pruning`` (:func:`run_channel_pruning`): structured; dense fine-tuning as ``prune_after_finetune``,
+  then whole channels removed with Torch-Pruning (:mod:`.structured`) until the network needs
+  ``target_macs_ratio`` times fewer MACs, then ``final_epochs`` of fine-tuning the smaller, plain network.
+
+The unstructured two prune the layers Fine-Pruning may prune (``min_layer_weights`` and up) with one global magnitude threshold
 (masks through ``torch.nn.utils.prune``, :mod:`.masks`), to ``target_compression``, ``target_sparsity`` or the
 sparsity of the matching ``fine_pruning`` run (:func:`target_sparsity`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -21,6 +26,7 @@ from ..core import runs
 from ..core.config import RunConfig
 from ..core.errors import KitError
 from . import masks as pruning
+from . import structured
 from .phases import dense_phase, eligible_layers, final_phase, finish, opened, save_state, start_state
 from .session import Session
 
@@ -129,3 +135,43 @@ def run_gradual_magnitude(cfg: RunConfig, resume: bool = False, force: bool = Fa
         except KitError as err:
             raise folder.abandon(err) from None
         return finish(session, folder, best, state, {"target_sparsity": target})
+
+
+def run_channel_pruning(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+    """Dense fine-tuning (``warmup_epochs + rounds * round_epochs``), channel pruning to ``target_macs_ratio`` times
+    fewer MACs (:func:`~adafilter_lib.pruning.structured.ratio_for_macs`), ``final_epochs`` of fine-tuning.
+
+    The summary adds ``channel_ratio``, ``macs_ratio`` and ``params_ratio`` (dense ÷ pruned), the CPU or GPU
+    latency ratios at batch 1 and 32 (:func:`~adafilter_lib.pruning.structured.latency_ratios`, dense and pruned
+    timed interleaved in this process), and ``compression`` = the dense backbone's conv/linear weights ÷ the
+    pruned backbone's. ``best.pt`` holds the smaller network's plain state dict.
+    """
+    opts, resolution = cfg.method.fine_pruning, cfg.data.resolution
+    with opened(cfg, resume, force) as (folder, finished, state):
+        if finished is not None:
+            return finished
+        session = Session(cfg, folder.staging, progress, masks=False)
+        state = start_state(session, folder, state)
+        try:
+            if state["done"] < 0:
+                dense_phase(session, folder, state, opts.warmup_epochs + opts.rounds * opts.round_epochs, "dense")
+            dense = copy.deepcopy(session.model)
+            ratio = structured.ratio_for_macs(session.model, opts.target_macs_ratio, resolution)
+            structured.channel_prune(session.model, ratio, resolution)
+            best = final_phase(session, None, state)
+        except KitError as err:
+            raise folder.abandon(err) from None
+        return finish(session, folder, best, state, {"channel_ratio": ratio, **structured_cost(dense, session.model, resolution)})
+
+
+def structured_cost(dense, pruned, resolution: int) -> dict:
+    """MACs, parameter and latency ratios (dense ÷ pruned) and the backbone's weight compression."""
+    (dense_macs, dense_params), (macs, params) = (structured.macs_and_params(m, resolution) for m in (dense, pruned))
+    weights = [sum(m.weight.numel() for m in pruning.prunable_layers(model).values()) for model in (dense, pruned)]
+    return {
+        "macs_ratio": dense_macs / macs,
+        "params_ratio": dense_params / params,
+        "compression": weights[0] / weights[1],
+        "sparsity": 1.0 - weights[1] / weights[0],
+        **structured.latency_ratios(dense, pruned, resolution),
+    }

@@ -12,8 +12,8 @@ and the test split is measured once. Trials explore at extra cost (``search_epoc
 
 With ``target_compression`` the search works at a fixed budget (the allocation among stages is searched;
 :func:`~adafilter_lib.pruning.search.budget_fractions`), which is how a front at 2x, 4x, 8x, 16x is drawn.
-The baselines ``prune_after_finetune`` and ``gradual_magnitude`` live in :mod:`.baselines`, the phases all
-three share in :mod:`.phases`.
+The baselines ``prune_after_finetune``, ``gradual_magnitude`` and ``channel_pruning`` (structured, through
+Torch-Pruning) live in :mod:`.baselines`, the phases they all share in :mod:`.phases`.
 
 Every pruning run writes a normal run directory (staging ``.partial``, ``config.yaml``, ``metrics.jsonl`` per path
 epoch, ``summary.json`` with ``top1_err``, ``compression``, ``nonzero_params``), plus ``sparsity.csv``
@@ -31,7 +31,13 @@ from typing import Callable, Optional
 from ..core import files
 from ..core.config import RunConfig
 from ..core.errors import KitError
-from .baselines import matching_fine_pruning_dir, run_gradual_magnitude, run_prune_after_finetune, target_sparsity
+from .baselines import (
+    matching_fine_pruning_dir,
+    run_channel_pruning,
+    run_gradual_magnitude,
+    run_prune_after_finetune,
+    target_sparsity,
+)
 from .phases import dense_phase, final_phase, finish, opened, save_state, start_state
 from .session import Session
 
@@ -39,6 +45,7 @@ __all__ = [
     "run_fine_pruning",
     "run_prune_after_finetune",
     "run_gradual_magnitude",
+    "run_channel_pruning",
     "run_pruning",
     "matching_fine_pruning_dir",
     "target_sparsity",
@@ -104,6 +111,7 @@ def run_pruning(cfg: RunConfig, resume: bool = False, force: bool = False, progr
         "fine_pruning": run_fine_pruning,
         "prune_after_finetune": run_prune_after_finetune,
         "gradual_magnitude": run_gradual_magnitude,
+        "channel_pruning": run_channel_pruning,
     }
     if cfg.method.name not in runners:
         raise KitError(

@@ -28,9 +28,10 @@ from . import pruned_state
 
 
 class Session:
-    """What a pruning run works with: config, finetune method, data, masked model, device, staging dir."""
+    """What a pruning run works with: config, finetune method, data, model (masked unless ``masks=False``),
+    device, staging dir."""
 
-    def __init__(self, cfg: RunConfig, staging: Path, progress: bool):
+    def __init__(self, cfg: RunConfig, staging: Path, progress: bool, masks: bool = True):
         if dist_utils.world_size() > 1:
             raise KitError(f"{cfg.method.name} runs in one process; start it without torchrun")
         self.cfg, self.staging, self.progress = cfg, staging, progress
@@ -39,7 +40,8 @@ class Session:
         self.method, self.splits, self.model = prepare_run(plain)  # same data, head init and recipe as finetune
         self.model, self.device = place(self.model, cfg)
         self.method.prepare(self.model)
-        pruning.attach_masks(self.model, straight_through=self.opts.splice)
+        if masks:  # channel pruning removes channels instead (Torch-Pruning cannot rewrite masked layers)
+            pruning.attach_masks(self.model, straight_through=self.opts.splice)
         self.groups = pruning.layer_groups(self.model, self.opts.granularity, self.opts.min_layer_weights)
         if not self.groups:
             raise KitError(

@@ -6,11 +6,15 @@ are printed and written under ``results/bench/`` with the command that produced 
 of the training-step ratio is about 5/3 (forward through both filter banks, input gradients through
 both, weight gradients through one). ``also`` adds more methods (e.g. the ablation
 ``adafilter_all_finetuned``: both banks, gated BN and the mix without the gate network) to the same
-interleaving, each with its ratio to fine-tuning, to show where AdaFilter's extra time goes.
+interleaving, each with its ratio to fine-tuning, to show where AdaFilter's extra time goes. AdaFilter's
+evaluation step folds both BNs of every gated layer into one conv (:mod:`adafilter_lib.adafilter.layers`);
+the same model evaluated unfolded is timed beside it (``eval_step_ratio_unfolded``), so the comparison
+with earlier records stays fair.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import statistics
@@ -21,6 +25,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..adafilter.layers import GatedConv2d
 from ..core.config import load_config
 from ..core.engine import autocast_for
 from ..core.errors import KitError
@@ -108,14 +113,21 @@ def run_bench(
     """
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     models = _models(backbone, 10, dev, channels_last, also, overrides)
+    unfolded = copy.deepcopy(models["adafilter"][0])
+    for layer in unfolded.modules():
+        if isinstance(layer, GatedConv2d):
+            layer.fold_eval_bn = False
+    eval_only = {"adafilter_unfolded": unfolded}
     x = torch.randn(batch, 3, resolution, resolution, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=dev)
     times = {f"{kind}_{name}": [] for kind in ("train", "eval") for name in models}
+    times["eval_adafilter_unfolded"] = []
     for step in range(warmup + steps):
         for kind in ("train", "eval"):
-            for name, (model, optimizer) in models.items():
+            timed = models if kind == "train" else {**models, **{name: (m, None) for name, m in eval_only.items()}}
+            for name, (model, optimizer) in timed.items():
                 _sync(dev)
                 start = time.perf_counter()
                 _train_step(model, optimizer, x, y, dev, amp) if kind == "train" else _eval_step(model, x, dev, amp)
@@ -139,6 +151,7 @@ def run_bench(
         **{f"{k}_median_s": v for k, v in med.items()},
         "train_step_ratio": med["train_adafilter"] / med["train_finetune"],
         "eval_step_ratio": med["eval_adafilter"] / med["eval_finetune"],
+        "eval_step_ratio_unfolded": med["eval_adafilter_unfolded"] / med["eval_finetune"],
         **{
             f"{kind}_step_ratio_{name}": med[f"{kind}_{name}"] / med[f"{kind}_finetune"]
             for name in extra_methods
@@ -166,7 +179,9 @@ def format_bench(result: dict) -> str:
             f"{result['backbone']} {result['resolution']}px batch {result['batch']} on {result['device']} "
             f"(median of {result['steps']} interleaved steps)",
             f"  train step: finetune {ms('train_finetune_median_s')}, adafilter {ms('train_adafilter_median_s')}",
-            f"  eval step:  finetune {ms('eval_finetune_median_s')}, adafilter {ms('eval_adafilter_median_s')}",
+            f"  eval step:  finetune {ms('eval_finetune_median_s')}, adafilter {ms('eval_adafilter_median_s')} "
+            f"(BN folded; unfolded {ms('eval_adafilter_unfolded_median_s')}, "
+            f"{result['eval_step_ratio_unfolded']:.3f}x)",
             *(
                 f"  {name}: train step {ms(f'train_{name}_median_s')} ({result[f'train_step_ratio_{name}']:.3f}x), "
                 f"eval step {ms(f'eval_{name}_median_s')} ({result[f'eval_step_ratio_{name}']:.3f}x)"
@@ -181,14 +196,15 @@ def bench_table(records_dir: str | Path = "results/bench") -> str:
     """A markdown table of every record in ``records_dir`` (one row per JSON file, sorted by name).
 
     Columns: the command, the CPU or GPU, the fine-tuning and AdaFilter training-step medians, both
-    ratios, and the training ratio of each ``--also`` method. Raises KitError if there is no record.
+    ratios, the evaluation ratio with AdaFilter's BNs unfolded (records before folding have none: their
+    ``eval ratio`` is unfolded), and the training ratio of each ``--also`` method. Raises KitError if there is no record.
     """
     paths = sorted(Path(records_dir).glob("*.json"))
     if not paths:
         raise KitError(f"no bench records (*.json) in {records_dir}; run `python -m adafilter_lib bench` first")
     records = [json.loads(path.read_text()) for path in paths]
     also = list(dict.fromkeys(name for record in records for name in record.get("also", [])))
-    header = ["command", "device", "fine-tuning step", "AdaFilter step", "train ratio", "eval ratio"] + [
+    header = ["command", "device", "fine-tuning step", "AdaFilter step", "train ratio", "eval ratio", "eval ratio unfolded"] + [
         f"`{name}` train ratio" for name in also
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -201,6 +217,7 @@ def bench_table(records_dir: str | Path = "results/bench") -> str:
             f"{1000 * record['train_adafilter_median_s']:.0f} ms",
             f"{record['train_step_ratio']:.2f}",
             f"{record['eval_step_ratio']:.2f}",
+            f"{record['eval_step_ratio_unfolded']:.2f}" if "eval_step_ratio_unfolded" in record else "",  # older records: no fold
         ]
         cells += [f"{record[f'train_step_ratio_{name}']:.2f}" if f"train_step_ratio_{name}" in record else "" for name in also]
         lines.append("| " + " | ".join(cells) + " |")

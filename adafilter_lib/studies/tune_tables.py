@@ -13,6 +13,7 @@ Files under the study's ``out`` folder:
                        and, for AdaFilter rows, ``test_frac_finetuned_table`` and ``test_frac_adaptive_filters_table``
 ``front.csv/.png``     pruning studies only: each pruning row's test error at its achieved compression, paired by
                        seed with the reference (:mod:`adafilter_lib.analysis.pruning_front`)
+``structured.csv``     channel-pruning rows: MACs, parameter and latency ratios (dense ÷ pruned), paired errors
 ``README.md``          the command, the recipe, the selection rule and the comparison table
 """
 
@@ -161,11 +162,18 @@ def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFram
 
 
 def _write_front(frame: pd.DataFrame, reference: Optional[str], out: Path) -> None:
-    """``front.csv`` and ``front.png`` when the study has pruning rows (and a dense reference row to pair with)."""
-    from ..analysis.pruning_front import front_plot, pruning_front
+    """``front.csv`` and ``front.png`` when the study has unstructured pruning rows, ``structured.csv`` when it has
+    ``channel_pruning`` rows (both paired with the reference row by seed)."""
+    from ..analysis.pruning_front import front_plot, pruning_front, structured_table
     from ..analysis.viz import save_figure
 
-    front = pruning_front(frame, reference) if reference is not None else None
+    if reference is None:
+        return
+    structured = structured_table(frame, reference)
+    if structured is not None:
+        atomic_write_text(out / "structured.csv", structured.to_csv(index=False, lineterminator="\n"))
+        frame = frame[~frame["row"].isin(structured["row"])]  # channel rows are not on the weight front
+    front = pruning_front(frame, reference)
     if front is None:
         return
     atomic_write_text(out / "front.csv", front.to_csv(index=False, lineterminator="\n"))

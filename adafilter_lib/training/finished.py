@@ -6,6 +6,7 @@ Every consumer of finished runs (counterfactual gates, compaction, the pruning b
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -39,8 +40,18 @@ class FinishedRun:
         return self.model
 
 
+def _as_trained(cfg: RunConfig) -> RunConfig:
+    """A pruning run's network is built as ``finetune``'s (its zeros or its missing channels are in ``best.pt``)."""
+    from ..methods.fine_pruning import PRUNING_METHODS
+
+    if cfg.method.name in {m.name for m in PRUNING_METHODS}:
+        return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, name="finetune"))
+    return cfg
+
+
 def load_finished_run(run_dir: Union[str, Path], device: Optional[str] = None, hint: str = "train it first") -> FinishedRun:
-    """The model of a finished run as its test split measured it: ``best.pt`` loaded, ``method.finalize``
+    """The model of a finished run as its test split measured it (pruning runs included: masks baked in,
+    channel-pruned networks resized): ``best.pt`` loaded, ``method.finalize``
     applied (e.g. WiSE-FT's interpolation), on ``device`` (default: the run's ``device`` setting) in the
     memory format the run trained with.
 
@@ -51,9 +62,14 @@ def load_finished_run(run_dir: Union[str, Path], device: Optional[str] = None, h
     if not runs.is_finished(run_dir) or not (run_dir / runs.BEST).is_file():
         raise KitError(f"'{run_dir}' is not a finished run with {runs.BEST}; {hint}")
     cfg = load_config(run_dir / runs.CONFIG)
-    method, splits, model = prepare_run(cfg)
+    method, splits, model = prepare_run(_as_trained(cfg))
+    best_state = runs.load_checkpoint(run_dir / runs.BEST, "cpu", fix=f"retrain the run with --force ({hint})")
+    if cfg.method.name == "channel_pruning":  # a smaller network: its shapes come from best.pt
+        from ..pruning.structured import shrink_to_state
+
+        shrink_to_state(model, best_state)
     model, where = place(model, cfg, dist_utils.local_device(device or cfg.device))
-    best_state = runs.load_checkpoint(run_dir / runs.BEST, where, fix=f"retrain the run with --force ({hint})")
+    best_state = {key: value.to(where) for key, value in best_state.items()}
     finished = FinishedRun(run_dir, cfg, method, splits, model, where, best_state)
     finished.restore()
     return finished
