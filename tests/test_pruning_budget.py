@@ -193,6 +193,10 @@ def test_pruning_rows_run_through_tune_and_their_front_is_paired_with_dense_by_s
     assert front["diff_vs_dense"].iloc[1] == pytest.approx(sum(diffs) / 2)
     assert front["diff_se"].iloc[1] == pytest.approx(abs(diffs[0] - diffs[1]) / 2)  # SE of two paired differences
     assert (tmp_path / "out" / "front.png").stat().st_size > 0
+    stages = pd.read_csv(tmp_path / "out" / "sparsity_by_stage.csv").set_index(["row", "stage"])
+    four = stages.loc["gradual_magnitude_4x"]  # one global threshold: stages differ, the weighted sum is 3/4
+    assert (four["weights"] * four["sparsity"]).sum() / four["weights"].sum() == pytest.approx(0.75, abs=1e-4)
+    assert four.loc["conv1", "sparsity"] == 0  # the stem is under min_layer_weights: never pruned
     structured = pd.read_csv(tmp_path / "out" / "structured.csv")  # channel rows: their own table, not the front
     assert list(structured["variant"]) == ["channel_pruning_2x"] and structured["macs_ratio"].iloc[0] == pytest.approx(
         2, rel=0.02

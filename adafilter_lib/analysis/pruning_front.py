@@ -129,3 +129,29 @@ def front_plot(front: pd.DataFrame, dense: dict[str, float]) -> Figure:
         ax.set_ylabel("test top-1 error (%), mean over seeds")
         ax.legend(fontsize=7)
     return fig
+
+
+def stage_sparsity(records: pd.DataFrame) -> Optional[pd.DataFrame]:
+    """Per unstructured pruning row's chosen runs, the sparsity of every stage (from each run's ``sparsity.csv``:
+    actual zeros), averaged over seeds: ``dataset, row, stage, weights, sparsity``; None when no chosen run has
+    the file. Channel-pruned runs are left out: their stages are smaller, not sparse (``structured.csv``)."""
+    from pathlib import Path
+
+    frames = []
+    chosen = records[records["chosen"]]
+    if "status" in chosen:
+        chosen = chosen[chosen["status"] == "finished"]
+    if "macs_ratio" in chosen:
+        chosen = chosen[chosen["macs_ratio"].isna()]
+    for record in chosen.itertuples():
+        path = Path(record.run_dir) / "sparsity.csv"
+        if path.is_file():
+            table = pd.read_csv(path).groupby("stage", sort=False)[["weights", "nonzero"]].sum().reset_index()
+            frames.append(table.assign(dataset=record.dataset, row=record.row, seed=record.seed))
+    if not frames:
+        return None
+    every = pd.concat(frames, ignore_index=True).assign(sparsity=lambda t: 1.0 - t["nonzero"] / t["weights"])
+    grouped = every.groupby(["dataset", "row", "stage"], sort=False).agg(
+        weights=("weights", "first"), sparsity=("sparsity", "mean")
+    )
+    return grouped.reset_index()

@@ -14,6 +14,7 @@ Files under the study's ``out`` folder:
 ``front.csv/.png``     pruning studies only: each pruning row's test error at its achieved compression, paired by
                        seed with the reference (:mod:`adafilter_lib.analysis.pruning_front`)
 ``structured.csv``     channel-pruning rows: MACs, parameter and latency ratios (dense ÷ pruned), paired errors
+``sparsity_by_stage.csv`` pruning rows: each stage's sparsity in the chosen runs (mean over seeds)
 ``README.md``          the command, the recipe, the selection rule and the comparison table
 """
 
@@ -164,9 +165,12 @@ def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFram
 def _write_front(frame: pd.DataFrame, reference: Optional[str], out: Path) -> None:
     """``front.csv`` and ``front.png`` when the study has unstructured pruning rows, ``structured.csv`` when it has
     ``channel_pruning`` rows (both paired with the reference row by seed)."""
-    from ..analysis.pruning_front import front_plot, pruning_front, structured_table
+    from ..analysis.pruning_front import front_plot, pruning_front, stage_sparsity, structured_table
     from ..analysis.viz import save_figure
 
+    sparsity = stage_sparsity(frame)
+    if sparsity is not None:
+        atomic_write_text(out / "sparsity_by_stage.csv", sparsity.to_csv(index=False, lineterminator="\n"))
     if reference is None:
         return
     structured = structured_table(frame, reference)
