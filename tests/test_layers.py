@@ -153,3 +153,18 @@ def test_evaluation_folds_both_bns_into_one_conv_that_equals_the_unfolded_layer(
     hard = (gates > 0.5).float()
     torch.testing.assert_close(layer(x, hard), reference_gated_conv(layer, x, hard), rtol=1e-5, atol=1e-5)
     assert not layer.train()._foldable()  # training normalizes with batch statistics: nothing to fold
+
+
+@pytest.mark.parametrize("layout", ["plain", "depthwise", "grouped"])
+def test_folded_evaluation_keeps_channels_last_and_equals_the_unfolded_layer(layout):
+    conv, bn = _conv_bn(**LAYOUTS[layout])
+    layer = GatedConv2d(conv, bn).eval().to(memory_format=torch.channels_last)
+    _drift(layer)
+    x = torch.randn(2, LAYOUTS[layout]["c_in"], 9, 9).contiguous(memory_format=torch.channels_last)
+    gates = (torch.rand(2, layer.out_channels) > 0.5).float()
+    with torch.no_grad():
+        folded = layer(x, gates)
+        with unfolded_eval(layer):
+            unfolded = layer(x, gates)
+    assert folded.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ from adafilter_lib.core import runs
 from adafilter_lib.core.config import load_config
 from adafilter_lib.core.errors import KitError
 from adafilter_lib.pruning.baselines import cubic_sparsity, run_gradual_magnitude, target_sparsity
-from adafilter_lib.pruning.runner import TRIALS_FILE, run_fine_pruning
+from adafilter_lib.pruning.runner import TRIALS_FILE, run_fine_pruning, run_pruning
 from adafilter_lib.pruning.search import budget_fractions, to_log_compression
 from adafilter_lib.pruning.sparse_file import SPARSE_BEST, load_sparse, save_sparse
 from adafilter_lib.studies.recipe import load_study
@@ -237,3 +237,17 @@ def test_every_method_of_a_pruning_study_walks_the_same_epochs_to_its_model(reci
         for row in study.rows
     }
     assert (macs["channel_pruning_2x"], macs["channel_pruning_4x"]) == (2, 4)
+
+
+def test_a_staging_folder_without_a_checkpoint_starts_over_empty(tiny_overrides):
+    cfg = load_config(
+        None,
+        tiny_overrides + NO_SEARCH_EPOCHS + ["method.name=prune_after_finetune", "method.fine_pruning.target_compression=2"],
+    )
+    staging = runs.staging_dir(cfg.run_dir())
+    staging.mkdir(parents=True)
+    (staging / "state.pt").write_bytes(b"an older version's checkpoint")  # nothing this version can resume from
+    (staging / "study.db").write_bytes(b"stale trials")
+    summary = run_pruning(cfg, resume=True, progress=False)
+    assert summary["compression"] == pytest.approx(2, rel=1e-4)
+    assert not (cfg.run_dir() / "state.pt").exists() and not (cfg.run_dir() / "study.db").exists()

@@ -76,9 +76,17 @@ def test_a_channel_pruning_run_reports_its_cost_and_reloads_with_its_test_error(
 
 def test_a_gradual_magnitude_run_reloads_into_an_unmasked_model_with_its_test_error(tiny_overrides):
     cfg = load_config(
-        None, tiny_overrides + SHORT_PATH + ["method.name=gradual_magnitude", "method.fine_pruning.target_compression=3"]
+        None,
+        tiny_overrides
+        + SHORT_PATH
+        + ["method.name=gradual_magnitude", "method.fine_pruning.target_compression=3", "method.fine_pruning.round_epochs=1"],
     )
     summary = run_gradual_magnitude(cfg, progress=False)
     finished = load_finished_run(cfg.run_dir(), device="cpu")
     assert not any(key.endswith("weight_mask") for key in finished.model.state_dict())
     assert _test_error(cfg.run_dir()) == summary["top1_err"]
+
+
+def test_channel_pruning_refuses_a_weight_compression_target():
+    with pytest.raises(KitError, match="target_macs_ratio; unset target_compression"):
+        load_config(None, ["method.name=channel_pruning", "method.fine_pruning.target_compression=4"])

@@ -130,8 +130,10 @@ class GatedConv2d(nn.Module):
         bias = torch.stack([b_ft.view(groups, per_group), b_pre.view(groups, per_group)], 1)
         y = self._conv(x, weight.flatten(0, 2), bias.flatten())  # (B, 2 C_out, H', W'), per group [ft, pre]
         y = y.unflatten(1, (groups, 2, per_group))
-        y_ft, y_pre = y[:, :, 0].flatten(1, 2), y[:, :, 1].flatten(1, 2)
-        return torch.lerp(y_pre, y_ft, g)
+        # mix on the (B, G, P, H', W') views: the result is one dense tensor in the input's layout (channels_last
+        # stays channels_last), and the last flatten is a view, not a copy
+        mixed = torch.lerp(y[:, :, 1], y[:, :, 0], g.view(g.shape[0], groups, per_group, 1, 1))
+        return mixed.flatten(1, 2)
 
     def _pretrained_path(self, x: torch.Tensor) -> torch.Tensor:
         """``BN_pre(conv(x, W_pre))`` with gated BN, else ``conv(x, W_pre)``.

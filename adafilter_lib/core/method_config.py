@@ -132,7 +132,11 @@ class MethodConfig:
         """Every method option's value check, ``(ok, message)``; :func:`~adafilter_lib.core.config.validate`
         raises for the first that fails."""
         l2sp = (self.l2sp.alpha >= 0 and self.l2sp.beta >= 0, "method.l2sp.alpha and beta must be 0 or more")
-        return [l2sp, *adafilter_checks(self.adafilter), *baseline_checks(self)]
+        channel = (
+            self.name != "channel_pruning" or self.fine_pruning.target_compression is None,
+            "channel_pruning removes channels to method.fine_pruning.target_macs_ratio; unset target_compression",
+        )
+        return [l2sp, channel, *adafilter_checks(self.adafilter), *baseline_checks(self)]
 
 
 def _choices(section: str, options, choices: dict[str, tuple]) -> list[tuple[bool, str]]:

@@ -22,6 +22,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+import torch
+
 from ..core import runs
 from ..core.config import RunConfig
 from ..core.errors import KitError
@@ -155,17 +157,20 @@ def run_channel_pruning(cfg: RunConfig, resume: bool = False, force: bool = Fals
         try:
             if state["done"] < 0:
                 dense_phase(session, folder, state, opts.warmup_epochs + opts.rounds * opts.round_epochs, "dense")
-            dense = copy.deepcopy(session.model)
+            dense = copy.deepcopy(session.model).cpu()  # for the cost comparison only: off the accelerator meanwhile
             ratio = structured.ratio_for_macs(session.model, opts.target_macs_ratio, resolution)
             structured.channel_prune(session.model, ratio, resolution)
             best = final_phase(session, None, state)
         except KitError as err:
             raise folder.abandon(err) from None
-        return finish(session, folder, best, state, {"channel_ratio": ratio, **structured_cost(dense, session.model, resolution)})
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        dense = dense.to(session.device, memory_format=memory_format)
+        return finish(session, folder, best, state, {"channel_ratio": ratio, **structured_cost(dense, session.model, cfg)})
 
 
-def structured_cost(dense, pruned, resolution: int) -> dict:
+def structured_cost(dense, pruned, cfg: RunConfig) -> dict:
     """MACs, parameter and latency ratios (dense ÷ pruned) and the backbone's weight compression."""
+    resolution = cfg.data.resolution
     (dense_macs, dense_params), (macs, params) = (structured.macs_and_params(m, resolution) for m in (dense, pruned))
     weights = [sum(m.weight.numel() for m in pruning.prunable_layers(model).values()) for model in (dense, pruned)]
     return {
@@ -173,5 +178,5 @@ def structured_cost(dense, pruned, resolution: int) -> dict:
         "params_ratio": dense_params / params,
         "compression": weights[0] / weights[1],
         "sparsity": 1.0 - weights[1] / weights[0],
-        **structured.latency_ratios(dense, pruned, resolution),
+        **structured.latency_ratios(dense, pruned, resolution, cfg.channels_last, cfg.amp),
     }

@@ -51,9 +51,13 @@ def opened(cfg: RunConfig, resume: bool, force: bool) -> Iterator[tuple[runs.Run
 
 
 def start_state(session: Session, folder: runs.RunFolder, state: Optional[dict]) -> dict:
-    """Fresh start: create the staging dir and config; resume: load the saved model and trim metrics."""
+    """Fresh start: create the staging dir and config; resume: load the saved model and trim metrics.
+
+    A staging folder without a checkpoint (killed before its first phase ended, or left by a version that named the
+    checkpoint ``state.pt``) holds nothing to resume from: it is emptied, so no stale trial or file survives.
+    """
     if state is None:
-        folder.start(force=False)
+        folder.start(force=True)
         files.atomic_write_text(session.staging / runs.METRICS, "")
         return {"done": -1, "fractions": {}, "search_seconds": 0.0, "train_seconds": 0.0}
     session.model.load_state_dict(state["model"])

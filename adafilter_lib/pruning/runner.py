@@ -106,7 +106,8 @@ def run_fine_pruning(
 
 
 def run_pruning(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
-    """Dispatch on ``cfg.method.name`` (``fine_pruning``, ``prune_after_finetune`` or ``gradual_magnitude``)."""
+    """Dispatch on ``cfg.method.name`` (``fine_pruning``, ``prune_after_finetune``, ``gradual_magnitude`` or
+    ``channel_pruning``)."""
     runners = {
         "fine_pruning": run_fine_pruning,
         "prune_after_finetune": run_prune_after_finetune,

@@ -138,11 +138,12 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
         if trial_hook is not None:
             trial_hook(round_index, trial.number)
         proposal = {g: trial.suggest_float(g, low[g], max(low[g], high)) for g in fractions}
+        session.model.load_state_dict(start)
         if budget is None:
             proposal = {g: to_sparsity(u) for g, u in proposal.items()}
         else:
             proposal = budget_fractions(proposal, low, high, *_budget_counts(session), budget)
-        session.model.load_state_dict(start)
+            trial.set_user_attr("budget", budget)  # trials.csv: the compression reached beside it
         session.apply(proposal, dense=opts.splice)
         try:
             val_err = session.train(opts.trial_epochs, stream=1 + round_index, fractions=proposal)
@@ -191,7 +192,8 @@ def trials_frame(db_path: Path) -> pd.DataFrame:
 
     Returns:
         Columns ``round`` (1-based), ``trial``, ``state``, ``objective``, ``val_top1_err``,
-        ``compression``, ``sparsity``, ``best_in_round`` and ``frac_<group>`` per group.
+        ``compression``, ``sparsity``, ``budget`` (the round's target compression, if any; a trial below it hit
+        ``max_sparsity`` or its floors), ``best_in_round`` and ``frac_<group>`` per group.
     """
     optuna = _optuna()
     storage = f"sqlite:///{Path(db_path).resolve()}"
@@ -211,6 +213,7 @@ def trials_frame(db_path: Path) -> pd.DataFrame:
                     "val_top1_err": attrs.get("val_top1_err"),
                     "compression": attrs.get("compression"),
                     "sparsity": attrs.get("sparsity"),
+                    "budget": attrs.get("budget"),
                     "best_in_round": t.number == best_number,
                     **{f"frac_{g}": f for g, f in attrs.get("fractions", {}).items()},
                 }

@@ -1,6 +1,7 @@
 """The training side of a pruning run: a masked model, its data and the engine's loop, phase by phase.
 
-:class:`Session` holds what a ``fine_pruning``, ``prune_after_finetune`` or ``gradual_magnitude`` run works with (the
+:class:`Session` holds what a pruning run (``fine_pruning``, ``prune_after_finetune``, ``gradual_magnitude``,
+``channel_pruning``) works with (the
 ``finetune`` method's recipe, data splits, the model with masks attached, the device, the staging
 directory) and trains it for a number of epochs with the shared engine (``train_one_epoch``,
 ``recalibrate_bn``, ``evaluate``), writing path epochs to ``metrics.jsonl``. Splicing re-computes the

@@ -20,6 +20,7 @@ import time
 import torch
 from torch import nn
 
+from ..core.engine import autocast_for
 from ..core.errors import KitError
 
 
@@ -40,9 +41,12 @@ def _example(resolution: int, model: nn.Module) -> torch.Tensor:
 def channel_prune(model: nn.Module, ratio: float, resolution: int) -> None:
     """Remove ``ratio`` of the output channels of every prunable layer of ``model`` (a TransferModel), in place.
 
-    The head (``model.head``) keeps its inputs' coupling but none of its outputs is removed.
+    The head (``model.head``) keeps its inputs' coupling but none of its outputs is removed. The model keeps its
+    memory format (Torch-Pruning rebuilds weights as plain contiguous tensors; channels_last is restored).
     """
     tp = _tp()
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    channels_last = first.weight.dim() == 4 and first.weight.is_contiguous(memory_format=torch.channels_last)
     pruner = tp.pruner.MagnitudePruner(
         model,
         _example(resolution, model),
@@ -52,6 +56,8 @@ def channel_prune(model: nn.Module, ratio: float, resolution: int) -> None:
         output_transform=lambda out: out.logits,
     )
     pruner.step()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
 
 
 def macs_and_params(model: nn.Module, resolution: int) -> tuple[float, int]:
@@ -121,9 +127,18 @@ def shrink_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def latency_ratios(dense: nn.Module, pruned: nn.Module, resolution: int, batches=(1, 32), repeats: int = 20) -> dict[str, float]:
+def latency_ratios(
+    dense: nn.Module,
+    pruned: nn.Module,
+    resolution: int,
+    channels_last: bool = True,
+    amp: bool = True,
+    batches=(1, 32),
+    repeats: int = 20,
+) -> dict[str, float]:
     """Dense ÷ pruned forward time (eval mode, no grad) per batch size: the median of ``repeats`` timings, the two
-    models interleaved in one process (as the step-time bench does), after two warm-up passes each.
+    models interleaved in one process (as the step-time bench does), after two warm-up passes each, with the
+    run's memory format and autocast (as its evaluation).
 
     Returns:
         ``{"latency_ratio_b1": ..., "latency_ratio_b32": ...}`` (more than 1: the pruned model is faster),
@@ -134,11 +149,14 @@ def latency_ratios(dense: nn.Module, pruned: nn.Module, resolution: int, batches
     device = next(dense.parameters()).device
     for batch in batches:
         images = torch.randn(batch, 3, resolution, resolution, device=device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         times = {name: [] for name in models}
         for repeat in range(repeats + 2):
             for name, model in models.items():
                 start = time.perf_counter()
-                model(images)
+                with autocast_for(device, amp):
+                    model(images)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 if repeat >= 2:

@@ -140,8 +140,8 @@ def chosen_so_far(study: Study) -> dict[tuple[str, str], str]:
 
 
 def _train_or_prune(cfg: RunConfig, resume: bool = False, progress: bool = True, force: bool = False) -> dict:
-    """``fit`` for trained methods, the pruning runner for ``fine_pruning``, ``prune_after_finetune`` and
-    ``gradual_magnitude`` (a recipe row may hold either)."""
+    """``fit`` for trained methods, the pruning runner for the pruning methods (``fine_pruning``,
+    ``prune_after_finetune``, ``gradual_magnitude``, ``channel_pruning``): a recipe row may hold either."""
     from ..methods.fine_pruning import PRUNING_METHODS
 
     if cfg.method.name in {m.name for m in PRUNING_METHODS}:
