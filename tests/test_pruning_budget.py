@@ -251,3 +251,26 @@ def test_a_staging_folder_without_a_checkpoint_starts_over_empty(tiny_overrides)
     summary = run_pruning(cfg, resume=True, progress=False)
     assert summary["compression"] == pytest.approx(2, rel=1e-4)
     assert not (cfg.run_dir() / "state.pt").exists() and not (cfg.run_dir() / "study.db").exists()
+
+
+def test_the_pruning_benchmark_reports_a_failed_run_and_goes_on(tmp_path, monkeypatch, capsys):
+    from adafilter_lib.core.errors import RunFailed
+    from adafilter_lib.pruning import pruning_bench
+
+    def fails(cfg, **_):
+        raise RunFailed(f"run '{cfg.run_dir()}' failed: validation loss is not finite")
+
+    monkeypatch.setattr(pruning_bench, "run_prune_after_finetune", fails)
+    summary, compaction = pruning_bench.run_pruning_bench(
+        runs_root=str(tmp_path / "runs"),
+        out_dir=str(tmp_path / "out"),
+        dataset="digits",
+        n_per_class=4,
+        overrides=[*pruning_bench.SMOKE_OVERRIDES, "optim.chance_loss_factor=0"],
+        thresholds=[0.0, 1.01],
+        progress=False,
+    )
+    assert "failed: run '" in capsys.readouterr().out
+    assert list(summary["method"]) == ["finetune", "fine_pruning"]  # the failed run is left out, the rest is written
+    assert set(compaction["variant"]) == {"adafilter", "adafilter_usage_penalty"}
+    assert (tmp_path / "out" / "summary.csv").is_file() and (tmp_path / "out" / "front.png").is_file()

@@ -36,6 +36,7 @@ from ..analysis.viz import save_figure
 from ..core import files, runs
 from ..core.config import RunConfig
 from ..core.config_files import packaged_recipe
+from ..core.errors import KitError, RunFailed
 from ..studies import notebook_grid
 from ..studies.demo import demo_config_path
 from ..studies.recipe import grid as recipe_grid
@@ -143,27 +144,37 @@ def run_pruning_bench(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train (or reuse) the benchmark runs and write ``summary.csv``, ``compaction.csv`` and the rest to ``out_dir``.
 
+    A run that fails (:class:`~adafilter_lib.core.errors.RunFailed`) is printed and left out, as ``tune`` does:
+    ``prune_after_finetune`` then needs a finished ``fine_pruning`` run, a compaction sweep its AdaFilter run.
+
     Returns:
         (summary table, compaction table).
     """
     start = time.perf_counter()
     main, penalty = f"{runs_root}/main", f"{runs_root}/usage_penalty"
     configs = {m: bench_config(main, m, dataset, n_per_class, overrides) for m in PRUNING_METHODS}
-    fit(configs["finetune"], resume=True, progress=progress)
-    run_fine_pruning(configs["fine_pruning"], resume=True, progress=progress)
-    run_prune_after_finetune(configs["prune_after_finetune"], resume=True, progress=progress)
+    trainers = {"finetune": fit, "fine_pruning": run_fine_pruning, "prune_after_finetune": run_prune_after_finetune}
+    for method, cfg in configs.items():
+        if method != "prune_after_finetune" or runs.is_finished(configs["fine_pruning"].run_dir()):
+            _train_or_report(trainers[method], cfg, progress)
     variants = {
         "adafilter": bench_config(main, "adafilter", dataset, n_per_class, overrides),
         "adafilter_usage_penalty": bench_config(penalty, "adafilter", dataset, n_per_class, [*overrides, *USAGE_PENALTY]),
     }
     sweeps = []
     for variant, cfg in variants.items():
-        fit(cfg, resume=True, progress=progress)
-        sweeps.append(compaction_sweep(cfg.run_dir(), thresholds, progress=progress).assign(variant=variant))
+        if _train_or_report(fit, cfg, progress):
+            sweeps.append(compaction_sweep(cfg.run_dir(), thresholds, progress=progress).assign(variant=variant))
+    if not runs.is_finished(configs["finetune"].run_dir()) or not sweeps:
+        raise KitError(
+            f"the pruning benchmark needs a finished fine-tuning and AdaFilter run under '{main}'; see the failures above"
+        )
     compaction = pd.concat(sweeps, ignore_index=True)
-    reference = runs.read_summary(variants["adafilter"].run_dir())["top1_err"]
+    adafilter_dir = variants["adafilter"].run_dir()
+    reference = runs.read_summary(adafilter_dir)["top1_err"] if runs.is_finished(adafilter_dir) else float("nan")
     compaction["top1_err_vs_adafilter"] = compaction["top1_err"] - reference  # vs. the default AdaFilter, uncompacted
     compaction = compaction[["variant", *[c for c in compaction.columns if c != "variant"]]]
+    configs = {m: cfg for m, cfg in configs.items() if runs.is_finished(cfg.run_dir())}
     summary = summary_table(configs)
     out = Path(out_dir)
     files.atomic_write_text(out / "summary.csv", summary.to_csv(index=False, lineterminator="\n"))
@@ -179,7 +190,19 @@ def run_pruning_bench(
     return summary, compaction
 
 
+def _train_or_report(train, cfg: RunConfig, progress: bool) -> bool:
+    """Train (or reuse) one benchmark run; a failed run prints its one line and gives False."""
+    try:
+        train(cfg, resume=True, progress=progress)
+        return True
+    except RunFailed as err:
+        print(f"failed: {err}", flush=True)
+        return False
+
+
 def _write_front(configs: dict[str, RunConfig], summary: pd.DataFrame, path: Path) -> None:
+    if "fine_pruning" not in configs:
+        return
     trials = pd.read_csv(configs["fine_pruning"].run_dir() / TRIALS_FILE)
     refs = {f"{r.method} (val)": (r.compression, r.val_top1_err) for r in summary.itertuples()}
     save_figure(front_figure(trials, references=refs), path, dpi=120)
