@@ -274,3 +274,31 @@ def test_the_pruning_benchmark_reports_a_failed_run_and_goes_on(tmp_path, monkey
     assert list(summary["method"]) == ["finetune", "fine_pruning"]  # the failed run is left out, the rest is written
     assert set(compaction["variant"]) == {"adafilter", "adafilter_usage_penalty"}
     assert (tmp_path / "out" / "summary.csv").is_file() and (tmp_path / "out" / "front.png").is_file()
+
+
+def test_a_failing_trial_is_a_pruned_trial_and_a_round_where_every_trial_fails_fails_the_run(tiny_overrides, monkeypatch):
+    from adafilter_lib.core.errors import RunFailed
+    from adafilter_lib.pruning.session import Session
+
+    train = Session.train
+    calls = {"trials": 0}
+
+    def first_trial_diverges(self, epochs, stream, fractions=None, record=None, **kwargs):
+        if record is None:  # a trial (the path phases record their epochs)
+            calls["trials"] += 1
+            if calls["trials"] == 1 or calls.get("all"):
+                raise RunFailed("training loss is not finite")
+        return train(self, epochs, stream, fractions=fractions, record=record, **kwargs)
+
+    monkeypatch.setattr(Session, "train", first_trial_diverges)
+    base = tiny_overrides + NO_SEARCH_EPOCHS + ["method.name=fine_pruning", "method.fine_pruning.rounds=1"]
+    base += ["method.fine_pruning.trials=3", "method.fine_pruning.startup_trials=2", "method.fine_pruning.round_epochs=0"]
+    cfg = load_config(None, base)
+    run_fine_pruning(cfg, progress=False)
+    trials = pd.read_csv(cfg.run_dir() / TRIALS_FILE)
+    assert trials["state"].tolist() == ["PRUNED", "COMPLETE", "COMPLETE"]  # the failure is a pruned trial, not a failed run
+    calls["all"] = True
+    doomed = load_config(None, base + ["seed=1"])
+    with pytest.raises(RunFailed, match="every trial of Fine-Pruning round 1 failed") as err:
+        run_fine_pruning(doomed, progress=False)
+    assert "\n" not in str(err.value) and runs.failure(doomed.run_dir()) is not None  # kept for inspection

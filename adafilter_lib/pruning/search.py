@@ -165,6 +165,12 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
             study.optimize(objective, n_trials=opts.trials - done, catch=())
     finally:
         session.model.load_state_dict(start)
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        failures = [t.user_attrs.get("failure", "") for t in study.trials if t.user_attrs.get("failure")]
+        raise RunFailed(
+            f"every trial of Fine-Pruning round {round_index + 1} failed (first: {failures[0] if failures else 'no trial ran'}); "
+            f"lower optim.lr or method.fine_pruning.max_sparsity"
+        )
     best = study.best_trial
     if session.progress:
         attrs = best.user_attrs
