@@ -11,7 +11,7 @@ import adafilter_lib
 
 PACKAGE = Path(adafilter_lib.__file__).parent
 # Each subpackage may import those before it (and itself); the top-level modules sit above everything.
-LAYERS = ["core", "data", "adafilter", "methods", "training", "analysis", "studies", "pruning", "cli"]
+LAYERS = ["core", "data", "adafilter", "methods", "training", "analysis", "pruning", "studies", "cli"]
 
 
 def _modules() -> dict[str, Path]:
@@ -119,8 +119,7 @@ def test_the_checker_sees_a_backward_import(tmp_path):
 def test_packaged_recipes_hold_valid_settings():
     from adafilter_lib.core.config import load_config
     from adafilter_lib.core.config_files import packaged_recipe
-    from adafilter_lib.pruning import pruning_bench
-    from adafilter_lib.studies import notebook_grid
+    from adafilter_lib.studies import notebook_grid, pruning_bench
 
     smoke = packaged_recipe("smoke")
     assert notebook_grid.SMOKE_OVERRIDES == tuple(smoke["set"]) and notebook_grid.SMOKE_DATASETS == (("digits", 4),)

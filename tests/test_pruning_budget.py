@@ -216,7 +216,7 @@ def test_pruning_rows_run_through_tune_and_their_front_is_paired_with_dense_by_s
 
 @pytest.mark.parametrize("recipe", ["uc_merced_pruning_few", "uc_merced_pruning_full"])
 def test_every_method_of_a_pruning_study_walks_the_same_epochs_to_its_model(recipe):
-    from adafilter_lib.pruning.pruning_bench import path_epochs
+    from adafilter_lib.studies.pruning_bench import path_epochs
     from adafilter_lib.studies.recipe import run_config
 
     study = load_study(f"studies/{recipe}")
@@ -255,7 +255,7 @@ def test_a_staging_folder_without_a_checkpoint_starts_over_empty(tiny_overrides)
 
 def test_the_pruning_benchmark_reports_a_failed_run_and_goes_on(tmp_path, monkeypatch, capsys):
     from adafilter_lib.core.errors import RunFailed
-    from adafilter_lib.pruning import pruning_bench
+    from adafilter_lib.studies import pruning_bench
 
     def fails(cfg, **_):
         raise RunFailed(f"run '{cfg.run_dir()}' failed: validation loss is not finite")

@@ -8,7 +8,7 @@ from adafilter_lib.core import runs
 from adafilter_lib.core.config import load_config
 from adafilter_lib.core.engine import evaluate
 from adafilter_lib.core.errors import KitError
-from adafilter_lib.core.model import build_transfer_model
+from adafilter_lib.core.model import build_transfer_model, shrink_to_state
 from adafilter_lib.pruning import structured
 from adafilter_lib.pruning.baselines import run_channel_pruning, run_gradual_magnitude
 from adafilter_lib.training.finished import load_finished_run
@@ -37,7 +37,7 @@ def test_a_channel_pruned_lite0_is_a_plain_smaller_network_that_loads_back_from_
     assert dense_macs / macs > 3 and dense_params / params > 3  # depthwise and residual couplings pruned together
     assert model.head.out_features == 5  # the new head keeps every class
     rebuilt = _lite0()
-    structured.shrink_to_state(rebuilt, model.state_dict())
+    shrink_to_state(rebuilt, model.state_dict())
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(rebuilt(images).logits, model(images).logits)

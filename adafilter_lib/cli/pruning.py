@@ -89,7 +89,7 @@ def _add_bench(sub) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from ..pruning.pruning_bench import run_pruning_bench
+    from ..studies.pruning_bench import run_pruning_bench
 
     summary, _ = run_pruning_bench(
         args.runs_root, args.out, args.dataset, args.n_per_class, overrides=args.set, progress=not args.no_progress

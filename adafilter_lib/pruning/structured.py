@@ -7,7 +7,7 @@ their weights, per layer (``global_pruning=False``), so every layer keeps the sa
 shape follows from the ratio alone, not from the weights, and the new head is never pruned.
 
 A pruned model's ``state_dict`` is a plain state dict whose shapes differ from the dense network's;
-:func:`shrink_to_state` resizes a freshly built dense network to those shapes, so ``best.pt`` stays a
+:func:`adafilter_lib.core.model.shrink_to_state` resizes a freshly built dense network to those shapes, so ``best.pt`` stays a
 tensors-only file (``torch.load(weights_only=True)``), unlike pickling the pruned module.
 """
 
@@ -97,35 +97,6 @@ def ratio_for_macs(model: nn.Module, target: float, resolution: int, tolerance: 
 
 
 @torch.no_grad()
-def shrink_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Resize ``model``'s convs, batch norms and linears to the shapes in ``state`` (a channel-pruned network's
-    state dict), then load it strictly. Depthwise convs stay depthwise (groups = channels)."""
-    for name, module in model.named_modules():
-        key = f"{name}.weight" if name else "weight"
-        if key not in state or state[key].shape == getattr(module, "weight", torch.empty(0)).shape:
-            continue
-        shape = state[key].shape
-        if isinstance(module, nn.Conv2d):
-            depthwise = module.groups > 1 and module.groups == module.in_channels
-            module.out_channels = shape[0]
-            module.groups = shape[0] if depthwise else module.groups
-            module.in_channels = shape[0] if depthwise else shape[1] * module.groups
-        elif isinstance(module, nn.BatchNorm2d):
-            module.num_features = shape[0]
-            for buffer in ("running_mean", "running_var"):
-                setattr(module, buffer, torch.empty(shape[0]))
-        elif isinstance(module, nn.Linear):
-            module.out_features, module.in_features = shape
-        else:
-            raise KitError(
-                f"cannot resize layer '{name}' ({type(module).__name__}) to the saved shapes; is this a channel-pruned run?"
-            )
-        module.weight = nn.Parameter(torch.empty(shape))
-        if getattr(module, "bias", None) is not None:
-            module.bias = nn.Parameter(torch.empty(state[f"{name}.bias"].shape))
-    model.load_state_dict(state)
-
-
 @torch.no_grad()
 def latency_ratios(
     dense: nn.Module,

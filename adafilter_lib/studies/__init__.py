@@ -1,5 +1,6 @@
 """Studies made of many runs: selection studies from recipe files (``recipe``, ``tune``, ``tune_tables``),
-the demo (``demo``), the paper sweep (``sweep``), the notebooks' grid (``notebook_grid``) and the step-time benchmark (``step_time``).
+the demo (``demo``), the paper sweep (``sweep``), the notebooks' grid (``notebook_grid``), the step-time
+benchmark (``step_time``) and the pruning benchmark (``pruning_bench``).
 
-May import: ``core``, ``data``, ``adafilter``, ``methods``, ``training``, ``analysis``.
+May import: ``core``, ``data``, ``adafilter``, ``methods``, ``training``, ``analysis``, ``pruning``.
 """

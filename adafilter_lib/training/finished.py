@@ -65,7 +65,7 @@ def load_finished_run(run_dir: Union[str, Path], device: Optional[str] = None, h
     method, splits, model = prepare_run(_as_trained(cfg))
     best_state = runs.load_checkpoint(run_dir / runs.BEST, "cpu", fix=f"retrain the run with --force ({hint})")
     if cfg.method.name == "channel_pruning":  # a smaller network: its shapes come from best.pt
-        from ..pruning.structured import shrink_to_state
+        from ..core.model import shrink_to_state
 
         shrink_to_state(model, best_state)
     model, where = place(model, cfg, dist_utils.local_device(device or cfg.device))
