@@ -18,8 +18,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..core.errors import unknown_name
 from ..core.method_config import AdaFilterConfig
 from ..core.model import ModelOutput, TransferModel
+from ..core.stages import module_stages
 from .gate_net import RecurrentGateNet, binarize_gates, pool_gate_input
 from .layers import GatedConv2d
 
@@ -210,13 +212,19 @@ def convert_to_adafilter(model: TransferModel, cfg: AdaFilterConfig, stage_patte
     Args:
         model: a pretrained TransferModel (its weights become both filter banks).
         cfg: AdaFilter options (which layers, gated BN mode, gate network).
-        stage_pattern: regex selecting the "stages" convs by module name (from the backbone spec).
+        stage_pattern: regex selecting the "stages" convs by module name (from the backbone spec); with
+            ``cfg.gated_stage``, it also names the stages (``core.stages.module_stages``).
         sample_seed: seed of the evaluation-time gate samples (``eval_gates`` sample / mean): the run seed.
     Returns:
         The AdaFilterModel; it shares the head and every unconverted module with ``model``.
     """
     pairs = trace_conv_bn_pairs(model.features)
-    if cfg.gated_layers == "stages":
+    if cfg.gated_stage is not None:  # every conv of that one stage, whatever gated_layers says
+        stages = module_stages(model.features, stage_pattern)
+        if cfg.gated_stage not in stages:
+            raise unknown_name("method.adafilter.gated_stage", cfg.gated_stage, stages)
+        pairs = [(conv, bn) for conv, bn in pairs if conv in stages[cfg.gated_stage]]
+    elif cfg.gated_layers == "stages":
         pairs = [(conv, bn) for conv, bn in pairs if re.search(stage_pattern, conv)]
     names = [conv for conv, _ in pairs]
     convs = [model.features.get_submodule(conv) for conv in names]

@@ -35,6 +35,8 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     num_workers: int = 0  # 0 is fastest for the small in-memory offline sets
+    holdout_fraction: float = 0.0  # share of each class's training images kept from the weights (split_seed):
+    # AdaFilter's gates learn on it with method.adafilter.gates_on_holdout; every other method leaves it unused
 
 
 @dataclass
@@ -192,6 +194,11 @@ def validate(cfg: RunConfig) -> None:
     checks = [
         (cfg.data.resolution >= 16, "data.resolution must be at least 16 pixels"),
         (0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction must lie strictly between 0 and 1"),
+        (0.0 <= cfg.data.holdout_fraction < 1.0, "data.holdout_fraction must lie in [0, 1)"),
+        (
+            not cfg.method.adafilter.gates_on_holdout or cfg.data.holdout_fraction > 0,
+            "method.adafilter.gates_on_holdout needs held-out images: set data.holdout_fraction (e.g. 0.25)",
+        ),
         (
             cfg.data.n_per_class is None or cfg.data.n_per_class >= 2,
             "data.n_per_class must be at least 2 (one train and one val image per class) or null",
@@ -221,6 +228,11 @@ def validate(cfg: RunConfig) -> None:
         (
             cfg.run_name is None or _plain_name(cfg.run_name),
             f"run_name must be one plain folder name inside the runs folder (no '/', '..', '.' or leading '.'), got '{cfg.run_name}'",
+        ),
+        (
+            cfg.method.name != "lp_ft" or cfg.method.lp_ft.probe_epochs < cfg.optim.epochs,
+            f"method.lp_ft.probe_epochs ({cfg.method.lp_ft.probe_epochs}) must be less than optim.epochs "
+            f"({cfg.optim.epochs}): the fine-tuning phase needs at least one epoch",
         ),
         *cfg.method.checks(),
     ]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .bilevel import HeldOutStep
 from .distributed import all_reduce_sum, is_main, world_size
 from .errors import RunFailed
 from .model import ModelOutput
@@ -51,9 +52,13 @@ def train_one_epoch(
     progress: bool = True,
     log_every: int = 10,
     on_batch: Optional[BatchHook] = None,
+    holdout: Optional[Iterable] = None,
 ) -> dict:
     """One pass over ``loader``; returns mean ``loss``, ``top1_err`` (%), ``lr`` (the mean rate of the epoch's steps)
     and ``seconds``.
+
+    With ``holdout`` (a loader of held-out training images) and a method whose ``holdout_groups()`` names
+    parameter groups, those groups step on held-out batches only, after every training step (``core.bilevel``).
 
     Raises:
         RunFailed: when the loss becomes NaN or infinite, or diverges (with the epoch and the fix).
@@ -62,6 +67,8 @@ def train_one_epoch(
     start = time.perf_counter()
     totals = torch.zeros(3, device=device)  # loss sum, wrong count, sample count
     lrs = []  # the rate each step used (read before the scheduler moves it on)
+    held_groups = method.holdout_groups() if holdout is not None else set()
+    held_step = HeldOutStep(optimizer, held_groups, holdout) if held_groups else None
     bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not (progress and is_main()))
     for step, (images, labels) in enumerate(bar):
         images, labels = _to_device(images, labels, device, channels_last)
@@ -73,7 +80,13 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         total_loss.backward()
         lrs.append(optimizer.param_groups[0]["lr"])
+        if held_step is not None:
+            held_step.drop_held_gradients()
         optimizer.step()
+        if held_step is not None:
+            held_step.step(
+                model, method, optimizer, lambda x, y: _to_device(x, y, device, channels_last), lambda: autocast_for(device, amp)
+            )
         scheduler.step()
         with torch.no_grad():
             totals += torch.stack(

@@ -61,6 +61,10 @@ class AdaFilterConfig:
     # before gates learn (equal banks give the gates zero gradient)
     gate_input_grad: bool = True  # False: the gate network reads detached activations, so the classification
     # loss reaches the filters only through the conv paths, not through the gates
+    gated_stage: Optional[str] = None  # one backbone stage (core.stages names, as method.surgical.stage): gate only its
+    # convs and freeze the rest of the backbone as surgical fine-tuning does ("which layers" apart from "which images")
+    gates_on_holdout: bool = False  # the gate network steps on data.holdout_fraction of the training images, the weights
+    # on the rest (first-order bilevel, as DARTS): gates learn from images their filters were not fitted on
 
 
 @dataclass
@@ -118,6 +122,18 @@ class WiseFTConfig:
 
 
 @dataclass
+class LPFTConfig:
+    probe_epochs: int = 2  # epochs of the linear probe (backbone frozen) before fine-tuning everything
+    probe_lr: float = 0.05  # the head's rate during the probe (fine-tuning then uses optim.lr and optim.head_lr)
+
+
+@dataclass
+class SurgicalConfig:
+    stage: str = "stem"  # the one backbone stage that trains (core.stages: stem, blocks.N / layerN, head_conv)
+    frozen_bn_stats: bool = True  # BNs outside that stage keep their pretrained statistics (eval mode)
+
+
+@dataclass
 class MethodConfig:
     name: str = "finetune"
     l2sp: L2SPConfig = field(default_factory=L2SPConfig)
@@ -127,6 +143,8 @@ class MethodConfig:
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     bss: BSSConfig = field(default_factory=BSSConfig)
     wise_ft: WiseFTConfig = field(default_factory=WiseFTConfig)
+    lp_ft: LPFTConfig = field(default_factory=LPFTConfig)
+    surgical: SurgicalConfig = field(default_factory=SurgicalConfig)
 
     def checks(self) -> list[tuple[bool, str]]:
         """Every method option's value check, ``(ok, message)``; :func:`~adafilter_lib.core.config.validate`
@@ -175,7 +193,7 @@ def adafilter_checks(a: AdaFilterConfig) -> list[tuple[bool, str]]:
 
 
 def baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
-    """Value checks of the Fine-Pruning, SpotTune, DELTA, BSS and WiSE-FT options."""
+    """Value checks of the Fine-Pruning, SpotTune, DELTA, BSS, WiSE-FT and LP-FT options."""
     fp, st = m.fine_pruning, m.spottune
     return [
         *_choices("fine_pruning", fp, FINE_PRUNING_CHOICES),
@@ -218,4 +236,8 @@ def baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
         ),
         (m.bss.k >= 1 and m.bss.eta >= 0, "method.bss.k must be at least 1 and eta 0 or more"),
         (0.0 <= m.wise_ft.alpha <= 1.0, "method.wise_ft.alpha must lie in [0, 1]"),
+        (
+            m.lp_ft.probe_epochs >= 1 and m.lp_ft.probe_lr > 0,
+            "method.lp_ft.probe_epochs must be at least 1 and probe_lr positive",
+        ),
     ]

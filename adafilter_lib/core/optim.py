@@ -86,12 +86,34 @@ class MixedOptimizer(torch.optim.Optimizer):
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
-    """A per-step schedule: cosine to zero over all steps, step decay every ``step_size`` epochs, or constant."""
+    """A per-step schedule: cosine to zero over all steps, step decay every ``step_size`` epochs, or constant.
+
+    A parameter group may carry ``"phases"``: ``[(first_epoch, stop_epoch, lr), ...]``. It then trains only in
+    those epochs, at each phase's rate, with the schedule restarted over each phase's own steps, and rests at rate 0
+    between and after them (LP-FT: the head at the probe's rate, then at the fine-tuning rate; the backbone only in
+    the second phase).
+    """
     total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "cosine":
-        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    elif cfg.schedule == "step":
-        factor = lambda step: cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
-    else:
-        factor = lambda step: 1.0
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def shape(step: int, steps: int) -> float:
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+        if cfg.schedule == "step":
+            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+        return 1.0
+
+    def phased(phases: list, base_lr: float):
+        def factor(step: int) -> float:
+            for first, stop, lr in phases:
+                start, steps = first * steps_per_epoch, max(1, (stop - first) * steps_per_epoch)
+                if start <= step < start + steps:
+                    return lr / base_lr * shape(step - start, steps)
+            return 0.0
+
+        return factor
+
+    factors = [
+        phased(group["phases"], group["lr"]) if group.get("phases") else (lambda step: shape(step, total))
+        for group in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)

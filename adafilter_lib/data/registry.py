@@ -24,7 +24,7 @@ from . import decathlon, offline, paper, uc_merced
 from .eval_cache import cached_eval_split
 from .folder import load_folder_pool
 from .offline import ArrayImages
-from .splits import Pool, carve_train_val
+from .splits import Pool, carve_train_val, stratified_holdout
 from .transforms import check_preset, eval_transform, train_transform
 
 FOLDER_PREFIX = "folder:"
@@ -171,6 +171,10 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+# The held-out carving draws with its own seed, so that it does not repeat the validation carving's permutations.
+HOLDOUT_SEED_OFFSET = 7919
+
+
 @dataclass
 class DataSplits:
     """The four datasets of a run. Items are ``(image, label)``: a (3, R, R) float tensor
@@ -183,6 +187,8 @@ class DataSplits:
         val: validation images carved from the training pool, evaluation transform.
         test: the dataset's test images, evaluation transform (never affected by the seeds).
         train_eval: the ``train`` images with the evaluation transform (clean train-error numbers).
+        holdout: training images kept from the weights (``data.holdout_fraction``), with the training transform;
+            None when the fraction is 0.
     """
 
     name: str
@@ -191,6 +197,7 @@ class DataSplits:
     val: Dataset
     test: Dataset
     train_eval: Dataset
+    holdout: Optional[Dataset] = None
 
     @property
     def num_classes(self) -> int:
@@ -244,6 +251,16 @@ def build_datasets(cfg: DataConfig, mean: Sequence[float], std: Sequence[float])
             f"a classification task needs at least 2 class folders"
         )
     train_idx, val_idx = carve_train_val(pool.train.labels, cfg.n_per_class, cfg.val_fraction, cfg.split_seed, pool.classes)
+    holdout_idx = None
+    if cfg.holdout_fraction > 0:  # a second stratified carving of the training part, fixed by split_seed as well
+        kept, held = stratified_holdout(
+            np.asarray(pool.train.labels)[train_idx],
+            cfg.holdout_fraction,
+            cfg.split_seed + HOLDOUT_SEED_OFFSET,
+            pool.classes,
+            "held-out",
+        )
+        train_idx, holdout_idx = train_idx[kept], train_idx[held]
     augmenting = train_transform(preset, cfg.resolution, mean, std, natural=spec.natural)
     plain = eval_transform(cfg.resolution, mean, std, natural=spec.natural)
     test_idx = np.arange(len(pool.test.labels))
@@ -259,4 +276,5 @@ def build_datasets(cfg: DataConfig, mean: Sequence[float], std: Sequence[float])
         val=val,
         test=test,
         train_eval=pool.train.subset(train_idx, plain),
+        holdout=None if holdout_idx is None else pool.train.subset(holdout_idx, augmenting),
     )

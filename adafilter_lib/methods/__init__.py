@@ -16,11 +16,23 @@ from ..core.errors import unknown_name
 from .adafilter import ADAFILTER_METHODS, AdaFilter
 from .base import L2SP, LinearProbe, Method, Scratch
 from .fine_pruning import PRUNING_METHODS
+from .partial_finetune import PARTIAL_FINETUNE_METHODS
 from .regularizers import REGULARIZER_METHODS
 from .spottune import SpotTune
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Method, LinearProbe, L2SP, Scratch, *ADAFILTER_METHODS, *PRUNING_METHODS, *REGULARIZER_METHODS, SpotTune)
+    m.name: m
+    for m in (
+        Method,
+        LinearProbe,
+        L2SP,
+        Scratch,
+        *ADAFILTER_METHODS,
+        *PRUNING_METHODS,
+        *REGULARIZER_METHODS,
+        *PARTIAL_FINETUNE_METHODS,
+        SpotTune,
+    )
 }
 
 

@@ -1,6 +1,7 @@
 """AdaFilter as a method, and its ablations (each a fixed choice of AdaFilter options).
 
-Parameter groups: fine-tuned filters with their BN and the ungated backbone layers at ``optim.lr``,
+Parameter groups: fine-tuned filters with their BN and the ungated backbone layers at ``optim.lr`` (with
+``method.adafilter.gated_stage``, the ungated layers are frozen, BN statistics included, as surgical fine-tuning's),
 the gate network at ``method.adafilter.gate_lr`` (with its own update rule when
 ``method.adafilter.gate_optimizer`` is set, e.g. AdamW beside SGD), the head at ``optim.head_lr``.
 The pretrained filters are buffers, so no optimizer can touch them.
@@ -38,6 +39,10 @@ class AdaFilter(Method):
 
     def prepare(self, model: AdaFilterModel) -> None:
         model.requires_grad_(True)
+        if self.options.gated_stage is not None:  # only the gated stage's fine-tuned bank learns in the backbone
+            model.features.requires_grad_(False)
+            for layer in model.gated_layers().values():
+                layer.requires_grad_(True)
         for layer in model.gated_layers().values():
             if layer.bn_pretrained is not None:
                 layer.bn_pretrained.requires_grad_(self.options.bn_pretrained == "trainable")
@@ -46,6 +51,13 @@ class AdaFilter(Method):
         """Gate warm-up: every gate 1 for the first ``gate_warmup_epochs`` epochs, learned gates after."""
         if self.options.gate_warmup_epochs > 0:
             model.gate_warmup.fill_(epoch < self.options.gate_warmup_epochs)
+
+    def train_mode(self, model: AdaFilterModel) -> None:
+        model.train()
+        if self.options.gated_stage is not None:  # the frozen stages keep their pretrained BN statistics
+            model.features.eval()
+            for layer in model.gated_layers().values():
+                layer.train()
 
     def param_groups(self, model: AdaFilterModel) -> list[dict]:
         groups = lr_groups(
@@ -65,6 +77,10 @@ class AdaFilter(Method):
             if self.options.gate_weight_decay is not None:
                 group["weight_decay"] = self.options.gate_weight_decay  # a per-group value beats optim.weight_decay
         return groups
+
+    def holdout_groups(self) -> set[str]:
+        """The gate network, with ``gates_on_holdout``: gates learn from images their filters were not fitted on."""
+        return {"gate_net"} if self.options.gates_on_holdout and self.options.gates == "learned" else set()
 
     def eval_collector(self, num_classes: int, split: str) -> GateCollector:
         return GateCollector(num_classes, record_images=split == "test")

@@ -62,6 +62,11 @@ class Method:
         Default: nothing. A post-hoc method (e.g. weight interpolation) overrides this.
         """
 
+    def holdout_groups(self) -> set[str]:
+        """Names of the parameter groups that learn from the held-out training images only (``data.holdout_fraction``;
+        ``core.bilevel``), or an empty set (the default: every group steps on training batches)."""
+        return set()
+
     def eval_collector(self, num_classes: int, split: str) -> Optional["EvalCollector"]:
         """What this method records while ``split`` is evaluated (``"val"`` after every epoch, ``"test"`` once), or
         None (the default: nothing beyond loss and error). The training loop feeds it every batch, puts its

@@ -17,7 +17,6 @@ to exactly zero counts as pruned; a masked one always does).
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 import numpy as np
@@ -25,15 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-# A stage is a ResNet ``layerN``, a timm EfficientNet ``blocks.N`` or a MobileNet ``features.N``;
-# the stem and head convs are stages of their own.
-_STAGE = re.compile(r"^(layer\d+|blocks\.\d+|features\.\d+)")
-
-
-def stage_of(layer: str) -> str:
-    """The stage a layer belongs to, from its name inside ``model.features`` (e.g. ``layer2.0.conv1`` -> ``layer2``)."""
-    match = _STAGE.match(layer)
-    return match.group(1) if match else layer.split(".")[0]
+from ..core.stages import stage_of
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .masks import effective_weight, prunable_layers, stage_of
+from ..core.stages import stage_of
+from .masks import effective_weight, prunable_layers
 
 
 def sparsity_table(model: nn.Module) -> pd.DataFrame:

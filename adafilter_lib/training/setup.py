@@ -23,6 +23,9 @@ from ..core.provenance import provenance
 from ..data import DataSplits, build_datasets
 from ..methods import build_method
 
+# The held-out loader shuffles with its own stream, apart from the training loader's.
+HOLDOUT_SHUFFLE_OFFSET = 500_009
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -82,6 +85,7 @@ def base_summary(
         "epochs": epochs,
         "train_seconds": train_seconds,
         "num_train": len(splits.train),
+        "num_holdout": len(splits.holdout) if splits.holdout is not None else 0,
         "num_val": len(splits.val),
         "num_test": len(splits.test),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -108,6 +112,23 @@ def train_loader(splits: DataSplits, cfg: RunConfig, epoch: int) -> DataLoader:
         num_workers=cfg.data.num_workers,
         generator=generator,
         persistent_workers=False,
+    )
+
+
+def holdout_loader(splits: DataSplits, cfg: RunConfig, epoch: int) -> Optional[DataLoader]:
+    """The held-out training images (``data.holdout_fraction``), shuffled with their own epoch-seeded generator, or
+    None when there are none."""
+    if splits.holdout is None:
+        return None
+    generator = torch.Generator().manual_seed((epoch_seed(cfg.seed, epoch) + HOLDOUT_SHUFFLE_OFFSET) % 2**31)
+    drop_last = len(splits.holdout) > cfg.data.batch_size  # no size-1 BN batches
+    return DataLoader(
+        splits.holdout,
+        batch_size=cfg.data.batch_size,
+        sampler=RandomSampler(splits.holdout, generator=generator),
+        drop_last=drop_last,
+        num_workers=cfg.data.num_workers,
+        generator=generator,
     )
 
 

@@ -25,7 +25,7 @@ from ..core.errors import KitError
 from ..core.optim import build_optimizer, build_scheduler
 from ..core.tb_log import closing_logger, epoch_logger, require_tensorboard
 from ..data import DataSplits
-from .setup import base_summary, epoch_seed, eval_loader, place, prepare_run, train_loader
+from .setup import base_summary, epoch_seed, eval_loader, holdout_loader, place, prepare_run, train_loader
 
 EpochHook = Callable[[int, dict], None]
 
@@ -132,6 +132,7 @@ def _fit(cfg: RunConfig, resume: bool, force: bool, progress: bool, on_epoch_end
                 cfg.amp,
                 cfg.channels_last,
                 progress,
+                holdout=holdout_loader(splits, cfg, epoch),
             )
             if cfg.optim.precise_bn:
                 recalibrate_bn(model, method, train_loader(splits, cfg, epoch), device, cfg.amp, cfg.channels_last)
