@@ -138,7 +138,7 @@ def test_frozen_pretrained_bn_folded_into_the_conv_equals_conv_then_bn(layout):
 
 @pytest.mark.parametrize("mode", ["stats", "frozen", "trainable"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_evaluation_folds_both_bns_into_one_conv_that_equals_the_unfolded_layer(layout, mode):
+def test_evaluation_folds_both_bns_into_the_convs_and_equals_the_unfolded_layer(layout, mode):
     conv, bn = _conv_bn(**LAYOUTS[layout])
     layer = GatedConv2d(conv, bn, bn_pretrained=mode).eval()
     _drift(layer)

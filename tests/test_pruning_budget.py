@@ -302,3 +302,47 @@ def test_a_failing_trial_is_a_pruned_trial_and_a_round_where_every_trial_fails_f
     with pytest.raises(RunFailed, match="every trial of Fine-Pruning round 1 failed") as err:
         run_fine_pruning(doomed, progress=False)
     assert "\n" not in str(err.value) and runs.failure(doomed.run_dir()) is not None  # kept for inspection
+
+
+def test_the_global_allocation_gives_each_stage_the_fraction_of_one_global_threshold():
+    from types import SimpleNamespace
+
+    from adafilter_lib.core.model import build_transfer_model
+    from adafilter_lib.pruning import masks
+    from adafilter_lib.pruning.search import global_allocation
+
+    cfg = load_config(
+        None, ["method.name=fine_pruning", "method.fine_pruning.allocation=global", "method.fine_pruning.target_compression=9"]
+    )
+    torch.manual_seed(0)
+    model = build_transfer_model("resnet18", 5, pretrained=False)
+    masks.attach_masks(model)
+    groups = masks.layer_groups(model, "stage", cfg.method.fine_pruning.min_layer_weights)
+    session = SimpleNamespace(opts=cfg.method.fine_pruning, model=model, groups=groups)
+    fractions = global_allocation(session, 2)  # the last of 3 rounds: the whole budget
+    eligible = [n for names in groups.values() for n in names]
+    expected = masks.global_magnitude_masks(model, 1 - 1 / 9, eligible)
+    got = masks.group_masks(model, fractions, groups)
+    assert all(torch.equal(got[n], expected[n]) for n in eligible)
+    assert max(fractions.values()) - min(fractions.values()) > 0.05  # an allocation, not one fraction everywhere
+    assert global_allocation(session, 0)["layer4"] < fractions["layer4"]  # round 1 of 3: 9 ** (1/3)
+
+
+def test_fine_pruning_with_the_global_allocation_runs_no_trial_and_reaches_the_budget(tiny_overrides):
+    cfg = load_config(
+        None,
+        tiny_overrides
+        + NO_SEARCH_EPOCHS
+        + [
+            "method.name=fine_pruning",
+            "method.fine_pruning.rounds=2",
+            "method.fine_pruning.round_epochs=1",
+            "method.fine_pruning.allocation=global",
+            "method.fine_pruning.target_compression=4",
+        ],
+    )
+    summary = run_fine_pruning(cfg, progress=False)
+    assert summary["trials"] == 0 and summary["search_epochs"] == 0 and not (cfg.run_dir() / TRIALS_FILE).exists()
+    assert summary["compression"] == pytest.approx(4, rel=2e-3)
+    with pytest.raises(KitError, match="target_compression"):
+        load_config(None, ["method.name=fine_pruning", "method.fine_pruning.allocation=global"])

@@ -49,7 +49,7 @@ class GatedConv2d(nn.Module):
         x: (B, C_in, H, W); gates: (B, C_out), 1 = fine-tuned filter; output: (B, C_out, H', W').
     """
 
-    fold_eval_bn = True  # evaluation folds both BNs into one conv of both banks (False: the training path; the bench compares)
+    fold_eval_bn = True  # evaluation folds both BNs into the convs (False: the training path; the bench compares)
 
     def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None, gated_bn: bool = True, bn_pretrained: str = "stats"):
         super().__init__()
@@ -118,22 +118,37 @@ class GatedConv2d(nn.Module):
         return weight * scale.view(-1, 1, 1, 1), shift
 
     def _folded_forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Both banks, BN folded, in one convolution; within each conv group the fine-tuned filters come first.
+        """Both banks with their BN folded in, then the mix.
+
+        Output filter ``c`` is linear in its filter, so mixing outputs per (image, filter) equals convolving each
+        image with its own mixed filters ``lerp(W_pre, W_ft, g[b])`` (exact for hard and soft gates, up to float
+        rounding). A 1x1 dense conv (Lite0's expand and project convs, most of its multiply-adds) does that as
+        one batched matmul: one conv's work instead of two. Other convs run both banks and mix the outputs; a
+        depthwise conv keeps its fast kernel only with one output per group, so the banks are not stacked.
 
         Shape:
             x: (B, C_in, H, W) (already padded); g: (B, C_out, 1, 1); output: (B, C_out, H', W').
         """
         w_ft, b_ft = self._folded_bank(self.weight_finetuned, self.bias_finetuned, self.bn_finetuned)
         w_pre, b_pre = self._folded_bank(self.weight_pretrained, self.bias_pretrained, self.bn_pretrained)
-        groups, per_group = self.groups, self.out_channels // self.groups
-        weight = torch.stack([w_ft.unflatten(0, (groups, per_group)), w_pre.unflatten(0, (groups, per_group))], 1)
-        bias = torch.stack([b_ft.view(groups, per_group), b_pre.view(groups, per_group)], 1)
-        y = self._conv(x, weight.flatten(0, 2), bias.flatten())  # (B, 2 C_out, H', W'), per group [ft, pre]
-        y = y.unflatten(1, (groups, 2, per_group))
-        # mix on the (B, G, P, H', W') views: the result is one dense tensor in the input's layout (channels_last
-        # stays channels_last), and the last flatten is a view, not a copy
-        mixed = torch.lerp(y[:, :, 1], y[:, :, 0], g.view(g.shape[0], groups, per_group, 1, 1))
-        return mixed.flatten(1, 2)
+        if self._pointwise() and x.shape[-1] * x.shape[-2] >= 16:
+            batch, _, height, width = x.shape
+            gates = g.flatten(1)  # (B, C_out)
+            weight = torch.lerp(w_pre.flatten(1), w_ft.flatten(1), gates[:, :, None])  # (B, C_out, C_in)
+            bias = torch.lerp(b_pre, b_ft, gates)  # (B, C_out)
+            pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, -1)  # a view when x is channels_last
+            y = torch.baddbmm(bias[:, None, :], pixels, weight.transpose(1, 2))  # (B, H W, C_out)
+            return y.view(batch, height, width, -1).permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+        return torch.lerp(self._conv(x, w_pre, b_pre), self._conv(x, w_ft, b_ft), g)
+
+    def _pointwise(self) -> bool:
+        """A dense 1x1 conv with stride 1 and no padding: a matmul over pixels."""
+        return (
+            self.groups == 1
+            and self.weight_finetuned.shape[-2:] == (1, 1)
+            and self.stride in ((1, 1), 1)
+            and (self.padding in ((0, 0), 0))
+        )
 
     def _pretrained_path(self, x: torch.Tensor) -> torch.Tensor:
         """``BN_pre(conv(x, W_pre))`` with gated BN, else ``conv(x, W_pre)``.

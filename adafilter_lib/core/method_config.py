@@ -23,7 +23,12 @@ ADAFILTER_CHOICES = {
     "usage_scope": ("all", "layer"),
 }
 OPTIMIZERS = ("sgd", "adamw")
-FINE_PRUNING_CHOICES = {"granularity": ("stage", "layer"), "sampler": ("gp", "tpe"), "compression_term": ("log10", "sparsity")}
+FINE_PRUNING_CHOICES = {
+    "granularity": ("stage", "layer"),
+    "sampler": ("gp", "tpe"),
+    "compression_term": ("log10", "sparsity"),
+    "allocation": ("search", "global"),
+}
 SPOTTUNE_CHOICES = {"eval_policy": ("argmax", "sample")}
 DELTA_CHOICES = {"attention": ("loss", "uniform")}
 
@@ -92,6 +97,10 @@ class FinePruningConfig:
     target_compression: Optional[float] = None
     prune_every: int = 10  # gradual_magnitude: optimizer steps between mask updates on the cubic schedule
     target_macs_ratio: float = 2.0  # channel_pruning: dense MACs / pruned MACs per image (Torch-Pruning, per layer)
+    # Fine-Pruning's per-round fractions: "search" (Bayesian optimization) or "global" (no trials: what one global
+    # magnitude threshold gives at the round's budget; needs target_compression): the allocation of pruning after
+    # fine-tuning inside Fine-Pruning's joint schedule, which tells the allocation's share of the gap apart
+    allocation: str = "search"
 
 
 @dataclass
@@ -225,6 +234,10 @@ def baseline_checks(m: MethodConfig) -> list[tuple[bool, str]]:
             "set one of method.fine_pruning.target_sparsity and target_compression, not both",
         ),
         (fp.prune_every >= 1, "method.fine_pruning.prune_every must be at least 1"),
+        (
+            fp.allocation != "global" or fp.target_compression is not None,
+            "method.fine_pruning.allocation=global prunes to a budget: set method.fine_pruning.target_compression",
+        ),
         (fp.target_macs_ratio >= 1.0, "method.fine_pruning.target_macs_ratio must be 1 or more (2 = half the MACs)"),
         (
             st.temperature > 0 and st.policy_lr > 0 and st.policy_width >= 1,

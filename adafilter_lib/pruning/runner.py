@@ -10,7 +10,10 @@ its masks and becomes the next round's start; fractions never shrink (the search
 current fraction). A last ``final_epochs`` of masked fine-tuning picks its best epoch on validation,
 and the test split is measured once. Trials explore at extra cost (``search_epochs`` in the summary).
 
-With ``target_compression`` the search works at a fixed budget (the allocation among stages is searched;
+With ``allocation="global"`` (and a ``target_compression``) no trial runs: each round takes the fractions one
+global magnitude threshold gives at the round's budget, so the joint schedule meets pruning-after-fine-tuning's
+allocation (the measurement that separates the allocation from the schedule). With ``target_compression`` the
+search works at a fixed budget (the allocation among stages is searched;
 :func:`~adafilter_lib.pruning.search.budget_fractions`), which is how a front at 2x, 4x, 8x, 16x is drawn.
 The baselines ``prune_after_finetune``, ``gradual_magnitude`` and ``channel_pruning`` (structured, through
 Torch-Pruning) live in :mod:`.baselines`, the phases they all share in :mod:`.phases`.
@@ -70,7 +73,7 @@ def run_fine_pruning(
     Returns:
         The summary written to ``summary.json``.
     """
-    from .search import run_round, trials_frame
+    from .search import global_allocation, run_round, trials_frame
 
     with opened(cfg, resume, force) as (folder, finished, state):
         if finished is not None:
@@ -84,7 +87,10 @@ def run_fine_pruning(
             fractions = state["fractions"] or {g: 0.0 for g in session.groups}
             for round_index in range(state["done"], opts.rounds):
                 start = time.perf_counter()
-                fractions = run_round(session, round_index, fractions, trial_hook)
+                if opts.allocation == "global":  # no search: the global threshold's allocation at the round's budget
+                    fractions = global_allocation(session, round_index)
+                else:
+                    fractions = run_round(session, round_index, fractions, trial_hook)
                 state["search_seconds"] += time.perf_counter() - start
                 start = time.perf_counter()
                 session.apply(fractions, dense=opts.splice)
@@ -95,11 +101,13 @@ def run_fine_pruning(
             best = final_phase(session, fractions, state)
         except KitError as err:
             raise folder.abandon(err) from None
-        trials = trials_frame(folder.staging / STUDY_FILE)
-        files.atomic_write_text(folder.staging / TRIALS_FILE, trials.to_csv(index=False))
+        searched = opts.allocation == "search"
+        if searched:
+            trials = trials_frame(folder.staging / STUDY_FILE)
+            files.atomic_write_text(folder.staging / TRIALS_FILE, trials.to_csv(index=False))
         extra = {
-            "trials": int((trials["state"] == "COMPLETE").sum()),
-            "search_epochs": opts.rounds * opts.trials * opts.trial_epochs,
+            "trials": int((trials["state"] == "COMPLETE").sum()) if searched else 0,
+            "search_epochs": opts.rounds * opts.trials * opts.trial_epochs if searched else 0,
             "fractions": fractions,
         }
         return finish(session, folder, best, state, extra)

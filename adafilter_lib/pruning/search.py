@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 
@@ -128,7 +129,7 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
     low = {g: to_log_compression(f) for g, f in fractions.items()}
     high = to_log_compression(opts.max_sparsity)
     step = (round_index + 1) / opts.rounds if opts.gradual else 1.0
-    budget = None if opts.target_compression is None else opts.target_compression**step
+    budget = round_budget(opts, round_index)
     if opts.gradual and budget is None:  # prune step by step: a network pruned 98% in one go has nothing left to fine-tune from
         high *= step
     if round_index > 0 and not study.trials:
@@ -180,6 +181,28 @@ def run_round(session, round_index: int, fractions: dict[str, float], trial_hook
             flush=True,
         )
     return {g: float(f) for g, f in best.user_attrs["fractions"].items()}
+
+
+def round_budget(opts, round_index: int) -> Optional[float]:
+    """The compression round ``round_index`` (0-based) works at: ``target_compression`` reached in equal log steps
+    over the rounds (``gradual``) or at once; None without a target (``lam`` trades accuracy against compression)."""
+    if opts.target_compression is None:
+        return None
+    return opts.target_compression ** ((round_index + 1) / opts.rounds if opts.gradual else 1.0)
+
+
+def global_allocation(session, round_index: int) -> dict[str, float]:
+    """{group: fraction} that one global magnitude threshold over the prunable groups gives at the round's budget:
+    no trials. The weights already pruned rank first (at zero), so no fraction shrinks from round to round."""
+    from .masks import global_magnitude_masks
+
+    budget = round_budget(session.opts, round_index)
+    eligible = [n for names in session.groups.values() for n in names]
+    masks = global_magnitude_masks(session.model, 1.0 - 1.0 / budget, eligible)
+    return {
+        group: float(sum(int((masks[n] == 0).sum()) for n in names) / sum(masks[n].numel() for n in names))
+        for group, names in session.groups.items()
+    }
 
 
 def _budget_counts(session) -> tuple[dict[str, int], int, int]:
