@@ -215,3 +215,45 @@ def test_method_grid_lays_runs_flat_in_grid_order_with_per_task_bases_and_the_ca
     assert {c.optim.head_lr for c in configs} == {0.7}  # the caller's --set wins over the study's settings
     with pytest.raises(KitError, match="unknown backbone 'resnet81'"):
         method_grid(tmp_path, ["finetune"], {"digits": 4}, [0], settings=["model.backbone=resnet81"])
+
+
+def _take_recipe(tmp_path, take):
+    path = Path(_recipe(tmp_path, seeds=[0]))
+    spec = yaml.safe_load(path.read_text())
+    spec["rows"] = {  # in this order: a row takes from one listed before it
+        "finetune": {},
+        "surgical": {"grid": {"method.surgical.stage": ["layer1", "layer4"]}},
+        "adafilter_in_stage": {"method": "adafilter", "set": ["method.adafilter.hidden=8"], "take": take},
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+def test_a_row_takes_the_stage_that_validation_chose_for_an_earlier_row(tmp_path):
+    take = {"row": "surgical", "settings": {"method.surgical.stage": "method.adafilter.gated_stage"}}
+    study = load_study(_take_recipe(tmp_path, take))
+    chosen = run_study(study, progress=False)
+    stage = {"stagelayer1": "layer1", "stagelayer4": "layer4"}[chosen[("surgical", "digits")]]
+    records = [r for r in selection_runs(study, chosen) if r["row"] == "adafilter_in_stage"]
+    assert len(records) == 1 and records[0]["chosen"]
+    config = yaml.safe_load((Path(records[0]["run_dir"]) / "config.yaml").read_text())
+    assert config["method"]["adafilter"]["gated_stage"] == stage
+    again = load_study(_take_recipe(tmp_path, take))  # a fresh reading finds the same runs from the records alone
+    assert [r["run_dir"] for r in selection_runs(again, chosen) if r["row"] == "adafilter_in_stage"] == [records[0]["run_dir"]]
+
+
+@pytest.mark.parametrize(
+    "take, fragment",
+    [
+        ({"row": "nosuch", "settings": {"a": "b"}}, "takes settings from 'nosuch', which must be a row listed before it"),
+        (
+            {"row": "surgical", "settings": {"method.surgical.stag": "method.adafilter.gated_stage"}},
+            "no setting 'method.surgical.stag'",
+        ),
+        ({"row": "surgical"}, "'rows.adafilter_in_stage.take' has no 'settings'"),
+    ],
+)
+def test_a_bad_take_is_refused_before_anything_trains(tmp_path, take, fragment):
+    with pytest.raises(KitError, match=fragment):
+        run_study(load_study(_take_recipe(tmp_path, take)), progress=False)
+    assert not (tmp_path / "runs").exists()

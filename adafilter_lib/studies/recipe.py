@@ -29,12 +29,18 @@ SELECT_RULES = ("first", "all")
 
 @dataclass
 class Row:
-    """One table row: a method with settings, and the cells it is tuned over (``{slug: overrides}``)."""
+    """One table row: a method with settings, and the cells it is tuned over (``{slug: overrides}``).
+
+    ``take`` (``{"row": source, "settings": {source key: key}}``) copies settings from the cell that validation
+    chose for an earlier row (AdaFilter gated in the stage surgical fine-tuning chose); :mod:`.takes` fills
+    ``taken`` per dataset once that choice exists, and :func:`run_config` applies it after the cell."""
 
     name: str
     method: str
     settings: tuple[str, ...] = ()
     cells: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"default": ()})
+    take: Optional[dict] = None
+    taken: dict[str, tuple[str, ...]] = field(default_factory=dict)  # {dataset: settings taken}
 
 
 @dataclass
@@ -84,7 +90,8 @@ def expand_cells(grid: Optional[dict], variants: Optional[dict]) -> dict[str, tu
 
 
 RECIPE_KEYS = ("base", "set", "datasets", "seeds", "select", "reference", "runs", "out", "rows")
-ROW_KEYS = ("method", "set", "grid", "variants")
+ROW_KEYS = ("method", "set", "grid", "variants", "take")
+TAKE_KEYS = ("row", "settings")
 TASK_KEYS = ("n_per_class", "set")
 
 
@@ -125,7 +132,13 @@ def _study_from_spec(spec, path: Path) -> Study:
         method = row.get("method", name)
         if not isinstance(method, str):
             raise KitError(f"'rows.{name}.method' must be a method name, got {method!r}")
-        rows.append(Row(str(name), method, settings, expand_cells(grid, variants or None)))
+        take = None
+        if row.get("take") is not None:
+            take = dict(_mapping(row["take"], f"rows.{name}.take", TAKE_KEYS, required=TAKE_KEYS))
+            links = _mapping(take["settings"], f"rows.{name}.take.settings", nonempty=True)
+            if not isinstance(take["row"], str) or not all(isinstance(k, str) and isinstance(v, str) for k, v in links.items()):
+                raise KitError(f"'rows.{name}.take' must name a row and map its setting keys to this row's, got {take!r}")
+        rows.append(Row(str(name), method, settings, expand_cells(grid, variants or None), take))
     datasets, per_task = {}, {}
     for name, value in _mapping(spec["datasets"], "datasets", nonempty=True).items():
         if isinstance(value, dict):
@@ -212,7 +225,9 @@ def check_study(study: Study) -> None:
 
     for dataset in study.datasets:
         get_spec(dataset)
-    for row in study.rows:
+    for index, row in enumerate(study.rows):
+        if row.take is not None and row.take["row"] not in names[:index]:
+            raise KitError(f"row '{row.name}' takes settings from '{row.take['row']}', which must be a row listed before it")
         for dataset in study.datasets:
             for cell in row.cells:
                 try:
@@ -236,6 +251,7 @@ def run_config(study: Study, row: Row, dataset: str, cell: str, seed: int) -> Ru
             f"method.name={row.method}",
             *row.settings,
             *row.cells[cell],
+            *row.taken.get(dataset, ()),
             f"seed={seed}",
             f"runs_root={runs_root}",
             *study.overrides,

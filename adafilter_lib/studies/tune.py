@@ -26,6 +26,7 @@ from ..core import files, runs
 from ..core.config import RunConfig
 from ..core.errors import RunFailed
 from .recipe import Row, Study, run_config
+from .takes import check_takes, resolve_take
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,6 +80,9 @@ def run_study(
     """
     if fit is None:
         fit = _train_or_prune
+    check_takes(study)
+    if dry_run:  # rows that take settings show the runs they would have now
+        chosen_so_far(study)
     jobs = plan(study)
     total = sum(len(c) for *_, c in jobs) + len(study.datasets) * len(study.rows) * (len(study.seeds) - len(study.select_seeds))
     if dry_run:
@@ -94,6 +98,9 @@ def run_study(
     chosen: dict[tuple[str, str], str] = {}
     for dataset in study.datasets:
         for row in study.rows:
+            if not resolve_take(study, row, dataset, chosen):
+                print(f"{row.name} on {dataset}: row '{row.take['row']}' has no chosen cell; left out", flush=True)
+                continue
             for cell in row.cells:
                 for seed in study.select_seeds:
                     done += 1
@@ -132,6 +139,8 @@ def chosen_so_far(study: Study) -> dict[tuple[str, str], str]:
     chosen = {}
     for dataset in study.datasets:
         for row in study.rows:
+            if not resolve_take(study, row, dataset, chosen):
+                continue
             scores = _cell_scores(study, row, dataset)
             cell = choose_cell(scores) if scores is not None else None
             if cell is not None:
@@ -170,6 +179,8 @@ def selection_runs(study: Study, chosen: dict[tuple[str, str], str]) -> list[dic
     records = []
     for dataset in study.datasets:
         for row in study.rows:
+            if not resolve_take(study, row, dataset, chosen):
+                continue
             for cell in row.cells:
                 for seed in study.seeds:
                     run_dir = run_config(study, row, dataset, cell, seed).run_dir()

@@ -195,6 +195,11 @@ def _readme(study: Study, markdown: str, command: str) -> str:
     cells = "\n".join(
         f"- `{row.name}` (`{row.method}`{', ' + ' '.join(row.settings) if row.settings else ''}): "
         + ", ".join(f"`{c}`" for c in row.cells)
+        + (
+            f"; with {', '.join(' '.join(t) for t in row.taken.values()) or 'settings'} taken from `{row.take['row']}`'s chosen cell"
+            if row.take
+            else ""
+        )
         for row in study.rows
     )
     about = f"The recipe's header:\n\n```text\n{study.about}\n```\n\n" if study.about else ""
