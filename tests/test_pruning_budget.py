@@ -15,7 +15,7 @@ from adafilter_lib.core.errors import KitError
 from adafilter_lib.pruning.baselines import cubic_sparsity, run_gradual_magnitude, target_sparsity
 from adafilter_lib.pruning.runner import TRIALS_FILE, run_fine_pruning, run_pruning
 from adafilter_lib.pruning.search import budget_fractions, to_log_compression
-from adafilter_lib.pruning.sparse_file import SPARSE_BEST, load_sparse, save_sparse
+from adafilter_lib.pruning.sparse_file import SPARSE_BEST, load_sparse, save_sparse, sparse_round_trip
 from adafilter_lib.studies.recipe import load_study
 from adafilter_lib.studies.tune import run_study, selection_runs
 from adafilter_lib.studies.tune_tables import write_tables
@@ -106,6 +106,8 @@ def test_gradual_magnitude_ramps_the_sparsity_on_the_cubic_schedule_then_fine_tu
     sparse = load_sparse(cfg.run_dir() / SPARSE_BEST)
     assert sparse.keys() == dense.keys() and all(torch.equal(sparse[k], dense[k]) for k in dense)
     assert summary["sparse_bytes"] < 0.5 * summary["best_bytes"]
+    trip = sparse_round_trip(cfg.run_dir())  # into a plain, unmasked network: the error the run reported
+    assert trip["top1_err_from_sparse"] == summary["top1_err"] and trip["size_ratio"] > 2
 
 
 def test_sparse_file_round_trips_exactly_and_stores_only_what_saves_bytes(tmp_path):

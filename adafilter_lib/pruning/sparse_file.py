@@ -63,3 +63,33 @@ def load_sparse(path: Path, device: Any = "cpu") -> dict[str, torch.Tensor]:
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise KitError(f"'{path}' is not a sparse model file of this kit; load best.pt instead")
     return {key: _unpack(entry).to(device) for key, entry in payload["tensors"].items()}
+
+
+def sparse_round_trip(run_dir: Path) -> dict:
+    """A finished pruning run's exported model, loaded back from its sparse file into a plain network and measured.
+
+    Returns:
+        ``best_bytes`` (dense ``best.pt``), ``sparse_bytes``, ``size_ratio`` (dense / sparse), ``top1_err`` (what the
+        run reported) and ``top1_err_from_sparse`` (the test split again, with the weights of the sparse file).
+    """
+    from ..core.engine import evaluate
+    from ..training.finished import load_finished_run
+    from ..training.setup import eval_loader
+
+    run_dir = Path(run_dir)
+    if not (run_dir / SPARSE_BEST).is_file():
+        raise KitError(f"'{run_dir}' has no {SPARSE_BEST}: only unstructured pruning runs write one")
+    finished = load_finished_run(run_dir)
+    finished.model.load_state_dict(load_sparse(run_dir / SPARSE_BEST, finished.device))
+    finished.method.finalize(finished.model)
+    cfg = finished.cfg
+    test = evaluate(finished.model, eval_loader(finished.splits.test, cfg), finished.device, cfg.amp, cfg.channels_last)
+    summary = runs.read_summary(run_dir)
+    best, sparse = (run_dir / runs.BEST).stat().st_size, (run_dir / SPARSE_BEST).stat().st_size
+    return {
+        "best_bytes": best,
+        "sparse_bytes": sparse,
+        "size_ratio": best / sparse,
+        "top1_err": summary["top1_err"],
+        "top1_err_from_sparse": test["top1_err"],
+    }
