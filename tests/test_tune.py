@@ -172,6 +172,9 @@ def test_study_chooses_on_the_first_seed_trains_others_at_the_choice_and_reuses_
         "adafilter_x/test_frac_adaptive_filters_table.csv",
     ):
         assert (out / name).is_file(), name
+    shipped = table.loc[table["val_top1_err"].idxmin()]  # what a user who trusts validation ships, with its test error
+    line = f"- digits: `{shipped['row']}` (`{shipped['cell']}`), validation error {shipped['val_top1_err']:.2f} %"
+    assert line in (out / "comparison.md").read_text()
     readme = (out / "README.md").read_text()
     assert "validation error of seed 0 alone" in readme and "```text\nA tiny study.\n  Command:  tune study.yaml\n```" in readme
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}
@@ -240,6 +243,19 @@ def test_a_row_takes_the_stage_that_validation_chose_for_an_earlier_row(tmp_path
     assert config["method"]["adafilter"]["gated_stage"] == stage
     again = load_study(_take_recipe(tmp_path, take))  # a fresh reading finds the same runs from the records alone
     assert [r["run_dir"] for r in selection_runs(again, chosen) if r["row"] == "adafilter_in_stage"] == [records[0]["run_dir"]]
+    # the stage surgical chose, beside the gated row's fine-tuned share per stage (only its one stage is gated)
+    all_runs = selection_runs(study, chosen)
+    write_tables(study, all_runs, "test")
+    table = pd.read_csv(tmp_path / "out" / "stage_choice.csv")
+    assert table["stage"].tolist() == ["layer1", "layer4"] and table.set_index("stage")["chosen"].to_dict() == {
+        "layer1": stage == "layer1",
+        "layer4": stage == "layer4",
+    }
+    surgical_val = {r["cell"][len("stage") :]: r["val_top1_err"] for r in all_runs if r["row"] == "surgical"}
+    assert table.set_index("stage")["surgical_val_top1_err"].to_dict() == pytest.approx(surgical_val)
+    shares = table.set_index("stage")["frac_finetuned_adafilter_in_stage"]
+    assert 0 <= shares[stage] <= 1 and shares.drop(stage).isna().all()
+    assert (tmp_path / "out" / "stage_choice.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

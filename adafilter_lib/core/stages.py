@@ -23,6 +23,11 @@ def stage_of(layer: str) -> str:
     return match.group(1) if match else layer.split(".")[0]
 
 
+def in_a_stage(layer: str) -> bool:
+    """Whether a layer (named inside ``model.features``) lies inside one of the backbone's stages."""
+    return _STAGE.match(layer) is not None
+
+
 def module_stages(features: nn.Module, stage_pattern: str) -> dict[str, list[str]]:
     """Every module of ``features`` that holds parameters, grouped by stage, in forward order.
 

@@ -8,13 +8,16 @@ Files under the study's ``out`` folder:
 ``comparison.csv/.md`` one line per (row, dataset) at its chosen cell: test error mean and std over seeds,
                        mean validation error, the difference to the reference row paired by seed with the
                        standard error of the paired differences (``diff_se``) and the seeds it wins, and for
-                       gated rows the share of fine-tuned choices and of filters varying across test images
+                       gated rows the share of fine-tuned choices and of filters varying across test images;
+                       ``comparison.md`` ends with validation's choice over all rows (:func:`validation_choice`)
 ``<row>/``             the ``table --metric`` files of the chosen runs: ``error_table``, ``val_top1_err_table``
                        and, for AdaFilter rows, ``test_frac_finetuned_table`` and ``test_frac_adaptive_filters_table``
 ``front.csv/.png``     pruning studies only: each pruning row's test error at its achieved compression, paired by
                        seed with the reference (:mod:`adafilter_lib.analysis.pruning_front`)
 ``structured.csv``     channel-pruning rows: MACs, parameter and latency ratios (dense ÷ pruned), paired errors
 ``sparsity_by_stage.csv`` pruning rows: each stage's sparsity in the chosen runs (mean over seeds)
+``stage_choice.csv/.png`` with a ``surgical`` row: the stage validation chose beside each gated row's fine-tuned share
+                       per stage (:mod:`adafilter_lib.analysis.stage_choice`)
 ``README.md``          the command, the recipe, the selection rule and the comparison table
 """
 
@@ -123,6 +126,33 @@ def comparison_markdown(table: pd.DataFrame, reference: Optional[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def validation_choice(table: pd.DataFrame, reference: Optional[str]) -> str:
+    """Per dataset, the row a user who trusts validation would ship: the lowest mean validation error over the
+    seeds of each row's chosen cell (ties: the row listed first), with its test error and paired difference."""
+    lines = []
+    for dataset, group in table.groupby("dataset", sort=False):
+        if len(group) < 2:
+            continue
+        best = group.loc[group["val_top1_err"].idxmin()]  # idxmin keeps the first of equal values
+        diff = best.get("diff_vs_reference", math.nan)
+        versus = (
+            ""
+            if reference is None or _missing(diff)
+            else f", {diff:+.2f}" + ("" if _missing(best["diff_se"]) else f" ± {best['diff_se']:.2f}") + f" points vs {reference}"
+        )
+        lines.append(
+            f"- {dataset}: `{best['row']}` (`{best['cell']}`), validation error {best['val_top1_err']:.2f} %, "
+            f"test error {_mean_std(best['top1_err'], best['top1_err_std'])} %{versus}"
+        )
+    if not lines:
+        return ""
+    return (
+        "\nValidation's choice over all rows (the lowest mean validation error at each row's chosen cell):\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -156,7 +186,8 @@ def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFram
     table = comparison_table(frame, study.reference)
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False, lineterminator="\n"))
     _write_front(frame, study.reference, out)
-    markdown = comparison_markdown(table, study.reference)
+    _write_stage_choice(frame, out)
+    markdown = comparison_markdown(table, study.reference) + validation_choice(table, study.reference)
     atomic_write_text(out / "comparison.md", markdown)
     atomic_write_text(out / "README.md", _readme(study, markdown, command))
     return table
@@ -183,6 +214,18 @@ def _write_front(frame: pd.DataFrame, reference: Optional[str], out: Path) -> No
     atomic_write_text(out / "front.csv", front.to_csv(index=False, lineterminator="\n"))
     chosen = frame[frame["chosen"] & (frame["row"] == reference)]
     save_figure(front_plot(front, chosen.groupby("dataset")["top1_err"].mean().to_dict()), out / "front.png")
+
+
+def _write_stage_choice(frame: pd.DataFrame, out: Path) -> None:
+    """``stage_choice.csv`` and ``.png`` when the study has a ``surgical`` row: its chosen stage beside each gated
+    row's fine-tuned share per stage (:mod:`adafilter_lib.analysis.stage_choice`)."""
+    from ..analysis.stage_choice import stage_choice, stage_choice_figure
+    from ..analysis.viz import save_figure
+
+    table = stage_choice(frame)
+    if table is not None:
+        atomic_write_text(out / "stage_choice.csv", table.to_csv(index=False, lineterminator="\n"))
+        save_figure(stage_choice_figure(table), out / "stage_choice.png")
 
 
 def _readme(study: Study, markdown: str, command: str) -> str:
