@@ -88,3 +88,11 @@ def test_a_held_out_gate_run_trains_records_its_split_and_is_reproducible(tiny_o
 def test_held_out_gates_need_held_out_images():
     with pytest.raises(KitError, match="data.holdout_fraction"):
         load_config(None, ["method.name=adafilter", "method.adafilter.gates_on_holdout=true"])
+
+
+def test_the_gate_warm_up_takes_no_held_out_step_and_the_run_trains_through_it(tiny_overrides, tmp_path):
+    warm = tiny_overrides + GATES_ON_HOLDOUT + ["method.adafilter.gate_warmup_epochs=1"]
+    model, seen = _steps_seen(load_config(None, warm))  # epoch 0 of a 1-epoch warm-up: every gate 1, no gate network
+    assert len(seen) == 2 and not any(n.startswith("gate_net.") for s in seen for n in s)
+    summary = fit(load_config(None, warm + [f"runs_root={tmp_path}"]), progress=False)  # then the gates learn held out
+    assert summary["epochs"] == 2 and summary["num_holdout"] == 10

@@ -168,3 +168,20 @@ def test_folded_evaluation_keeps_channels_last_and_equals_the_unfolded_layer(lay
             unfolded = layer(x, gates)
     assert folded.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(folded, unfolded, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["pointwise+bias", "depthwise", "plain"])
+def test_folded_evaluation_runs_under_bf16_autocast_and_stays_close(layout):
+    # autocast makes the convs' outputs bf16 while gates and folded filters are float32: the mix must follow
+    conv, bn = _conv_bn(**LAYOUTS[layout])
+    layer = GatedConv2d(conv, bn).eval()
+    _drift(layer)
+    x = torch.randn(2, LAYOUTS[layout]["c_in"], 9, 9)
+    gates = (torch.rand(2, layer.out_channels) > 0.5).float()
+    with torch.no_grad():
+        exact = layer(x, gates)
+        for dtype in (torch.float32, torch.bfloat16):  # the image itself, or an earlier layer's bf16 output
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = layer(x.to(dtype), gates)
+            torch.testing.assert_close(low.float(), exact, rtol=0.05, atol=0.05)
+    assert layer._foldable()

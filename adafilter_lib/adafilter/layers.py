@@ -133,13 +133,14 @@ class GatedConv2d(nn.Module):
         w_pre, b_pre = self._folded_bank(self.weight_pretrained, self.bias_pretrained, self.bn_pretrained)
         if self._pointwise() and x.shape[-1] * x.shape[-2] >= 16:
             batch, _, height, width = x.shape
-            gates = g.flatten(1)  # (B, C_out)
+            gates = g.flatten(1).to(w_pre.dtype)  # (B, C_out); the filters mix in their own precision (autocast)
             weight = torch.lerp(w_pre.flatten(1), w_ft.flatten(1), gates[:, :, None])  # (B, C_out, C_in)
             bias = torch.lerp(b_pre, b_ft, gates)  # (B, C_out)
             pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, -1)  # a view when x is channels_last
             y = torch.baddbmm(bias[:, None, :], pixels, weight.transpose(1, 2))  # (B, H W, C_out)
             return y.view(batch, height, width, -1).permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
-        return torch.lerp(self._conv(x, w_pre, b_pre), self._conv(x, w_ft, b_ft), g)
+        y_pre = self._conv(x, w_pre, b_pre)
+        return torch.lerp(y_pre, self._conv(x, w_ft, b_ft), g.to(y_pre.dtype))  # autocast: the convs' precision
 
     def _pointwise(self) -> bool:
         """A dense 1x1 conv with stride 1 and no padding: a matmul over pixels."""

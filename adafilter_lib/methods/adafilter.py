@@ -49,8 +49,9 @@ class AdaFilter(Method):
 
     def begin_epoch(self, model: AdaFilterModel, epoch: int) -> None:
         """Gate warm-up: every gate 1 for the first ``gate_warmup_epochs`` epochs, learned gates after."""
+        self.warming_up = epoch < self.options.gate_warmup_epochs
         if self.options.gate_warmup_epochs > 0:
-            model.gate_warmup.fill_(epoch < self.options.gate_warmup_epochs)
+            model.gate_warmup.fill_(self.warming_up)
 
     def train_mode(self, model: AdaFilterModel) -> None:
         model.train()
@@ -80,7 +81,9 @@ class AdaFilter(Method):
 
     def holdout_groups(self) -> set[str]:
         """The gate network, with ``gates_on_holdout``: gates learn from images their filters were not fitted on."""
-        return {"gate_net"} if self.options.gates_on_holdout and self.options.gates == "learned" else set()
+        # in the warm-up every gate is 1 and the gate network is not even called: nothing to learn from held-out images
+        learning = self.options.gates == "learned" and not getattr(self, "warming_up", False)
+        return {"gate_net"} if self.options.gates_on_holdout and learning else set()
 
     def eval_collector(self, num_classes: int, split: str) -> GateCollector:
         return GateCollector(num_classes, record_images=split == "test")
