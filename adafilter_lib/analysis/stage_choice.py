@@ -40,25 +40,32 @@ def _stage_usage(run_dirs: list[str]) -> pd.Series:
     return pd.concat(shares, axis=1).mean(axis=1)
 
 
-def stage_choice(records: pd.DataFrame, surgical_row: str = "surgical") -> Optional[pd.DataFrame]:
+def stage_choice(
+    records: pd.DataFrame, surgical_row: str = "surgical", selection_seeds: Optional[tuple[int, ...]] = None
+) -> Optional[pd.DataFrame]:
     """Per dataset and backbone stage: surgical fine-tuning's best validation error over its other settings at that
     stage (the selection runs), whether validation chose the stage, and each gated row's share of fine-tuned
     choices in it (its chosen runs).
 
     Args:
         records: :func:`adafilter_lib.studies.tune.selection_runs` as a frame.
+        selection_seeds: the seeds every cell was trained on (``Study.select_seeds``): the stages are compared on
+            those alone (the chosen cell's other seeds would lower its minimum only).
     Returns:
         Columns ``dataset, stage, surgical_val_top1_err, chosen`` and ``frac_finetuned_<row>`` per gated row, stages
         in the surgical grid's order; None without a finished surgical run.
     """
     surgical = records[(records["row"] == surgical_row) & (records["status"] == "finished")]
+    if selection_seeds is not None:
+        surgical = surgical[surgical["seed"].isin(selection_seeds)]
     if surgical.empty:
         return None
     surgical = surgical.assign(stage=surgical["run_dir"].map(_surgical_stage))
     finished = records[records["chosen"] & (records["status"] == "finished")]
     tables = []
     for dataset, runs in surgical.groupby("dataset", sort=False):
-        table = runs.groupby("stage", sort=False)["val_top1_err"].min().rename("surgical_val_top1_err").reset_index()
+        per_cell = runs.groupby(["stage", "cell"], sort=False)["val_top1_err"].mean()  # mean over the selection seeds
+        table = per_cell.groupby("stage", sort=False).min().rename("surgical_val_top1_err").reset_index()
         picked = set(runs.loc[runs["chosen"], "stage"])
         table = table.assign(dataset=dataset, chosen=table["stage"].isin(picked))
         for row, group in finished[finished["dataset"] == dataset].groupby("row", sort=False):

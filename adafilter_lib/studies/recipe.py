@@ -228,6 +228,10 @@ def check_study(study: Study) -> None:
     for index, row in enumerate(study.rows):
         if row.take is not None and row.take["row"] not in names[:index]:
             raise KitError(f"row '{row.name}' takes settings from '{row.take['row']}', which must be a row listed before it")
+        if row.take is not None and study.rows[names.index(row.take["row"])].take is not None:
+            raise KitError(
+                f"row '{row.name}' takes settings from '{row.take['row']}', which takes settings itself: take from its source"
+            )
         for dataset in study.datasets:
             for cell in row.cells:
                 try:
@@ -240,7 +244,10 @@ def check_study(study: Study) -> None:
 def run_config(study: Study, row: Row, dataset: str, cell: str, seed: int) -> RunConfig:
     """The config of one run: base, study settings, dataset, row settings, cell, seed (later wins)."""
     n = study.datasets[dataset]
-    runs_root = study.runs_root if study.flat else Path(study.runs_root) / row.name / cell
+    taken = row.taken.get(dataset, ())
+    # taken settings name the folder too: runs taken from an earlier choice are never read as those of a new one
+    folder = "_".join([*(_slug(*setting.split("=", 1)) for setting in taken), cell])
+    runs_root = study.runs_root if study.flat else Path(study.runs_root) / row.name / folder
     return load_config(
         study.dataset_bases.get(dataset, study.base),
         [
@@ -251,7 +258,7 @@ def run_config(study: Study, row: Row, dataset: str, cell: str, seed: int) -> Ru
             f"method.name={row.method}",
             *row.settings,
             *row.cells[cell],
-            *row.taken.get(dataset, ()),
+            *taken,
             f"seed={seed}",
             f"runs_root={runs_root}",
             *study.overrides,
@@ -316,4 +323,7 @@ def rows_named(study: Study, names: Optional[Sequence[str]]) -> Study:
     if unknown:
         raise KitError(f"unknown row(s) {', '.join(unknown)}; the recipe has {', '.join(r.name for r in study.rows)}")
     keep = set(names) | ({study.reference} if study.reference else set())
+    for row in reversed(study.rows):  # a kept row that takes settings keeps its source (and the source's, in turn)
+        if row.name in keep and row.take is not None:
+            keep.add(row.take["row"])
     return Study(**{**study.__dict__, "rows": [r for r in study.rows if r.name in keep]})

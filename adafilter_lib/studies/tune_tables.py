@@ -121,8 +121,10 @@ def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFram
     table = comparison_table(frame, study.reference)
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False, lineterminator="\n"))
     _write_front(frame, study.reference, out)
-    _write_stage_choice(frame, out)
-    markdown = comparison_markdown(table, study.reference) + validation_choice(table, study.reference)
+    _write_stage_choice(frame, study.select_seeds, out)
+    chosen = frame[frame["chosen"] & (frame["status"] == "finished")]
+    held_back = chosen[~chosen["seed"].isin(study.select_seeds)].groupby(["row", "dataset"])["val_top1_err"].mean()
+    markdown = comparison_markdown(table, study.reference) + validation_choice(table, study.reference, held_back.to_dict())
     atomic_write_text(out / "comparison.md", markdown)
     atomic_write_text(out / "README.md", _readme(study, markdown, command))
     return table
@@ -151,13 +153,13 @@ def _write_front(frame: pd.DataFrame, reference: Optional[str], out: Path) -> No
     save_figure(front_plot(front, chosen.groupby("dataset")["top1_err"].mean().to_dict()), out / "front.png")
 
 
-def _write_stage_choice(frame: pd.DataFrame, out: Path) -> None:
+def _write_stage_choice(frame: pd.DataFrame, selection_seeds: tuple[int, ...], out: Path) -> None:
     """``stage_choice.csv`` and ``.png`` when the study has a ``surgical`` row: its chosen stage beside each gated
     row's fine-tuned share per stage (:mod:`adafilter_lib.analysis.stage_choice`)."""
     from ..analysis.stage_choice import stage_choice, stage_choice_figure
     from ..analysis.viz import save_figure
 
-    table = stage_choice(frame)
+    table = stage_choice(frame, selection_seeds=selection_seeds)
     if table is not None:
         atomic_write_text(out / "stage_choice.csv", table.to_csv(index=False, lineterminator="\n"))
         save_figure(stage_choice_figure(table), out / "stage_choice.png")
