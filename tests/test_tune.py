@@ -288,3 +288,13 @@ def test_choosing_a_row_that_takes_settings_keeps_its_source(tmp_path):
     take = {"row": "surgical", "settings": {"method.surgical.stage": "method.adafilter.gated_stage"}}
     study = rows_named(load_study(_take_recipe(tmp_path, take)), ["adafilter_in_stage"])
     assert [r.name for r in study.rows] == ["finetune", "surgical", "adafilter_in_stage"]
+
+
+def test_training_some_rows_still_writes_the_tables_of_every_row(tmp_path):
+    rows = {"finetune": {}, "linear_probe": {}, "adafilter_x": {"method": "adafilter", "set": ["method.adafilter.hidden=8"]}}
+    recipe = _recipe(tmp_path, seeds=[0], rows=rows)
+    assert cli.main(["tune", recipe, "--no-progress"]) == 0
+    before = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    assert cli.main(["tune", recipe, "--rows", "adafilter_x", "--no-progress"]) == 0  # reuses; trains nothing new
+    assert pd.read_csv(tmp_path / "out" / "comparison.csv").equals(before) and len(before) == 3
+    assert "--rows" not in (tmp_path / "out" / "README.md").read_text()

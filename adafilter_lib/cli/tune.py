@@ -26,7 +26,7 @@ def _add_tune(sub) -> None:
     p.add_argument(
         "recipe", help="study recipe: a YAML file, or one shipped with the kit (studies/uc_merced_few, studies/uc_merced_full)"
     )
-    p.add_argument("--rows", nargs="+", help="only these rows (the reference row is kept)")
+    p.add_argument("--rows", nargs="+", help="train only these rows (and the reference row); the tables cover every row")
     p.add_argument(
         "--runs",
         dest="runs_root",
@@ -48,18 +48,24 @@ def _cmd_tune(args) -> int:
     from ..studies.tune import chosen_so_far, run_study, selection_runs
     from ..studies.tune_tables import write_tables
 
-    study = rows_named(load_study(args.recipe), args.rows)
-    study = dataclasses.replace(study, runs_root=args.runs_root or study.runs_root, out_dir=args.out or study.out_dir)
+    full = load_study(args.recipe)
+    full = dataclasses.replace(full, runs_root=args.runs_root or full.runs_root, out_dir=args.out or full.out_dir)
+    study = rows_named(full, args.rows)  # --rows trains those rows; the tables still cover every row
     if args.dry_run:
         run_study(study, dry_run=True)
         return 0
-    if args.tables_only:
-        chosen = chosen_so_far(study)  # rows whose selection is unfinished are left out of comparison.md
-    else:
-        chosen = run_study(study, progress=not args.no_progress)
-    # --tables-only rewrites tables; the README names the command that trains them
+    if not args.tables_only:
+        run_study(study, progress=not args.no_progress)
+    chosen = chosen_so_far(full)  # rows whose selection is unfinished are left out of comparison.md
+    # --tables-only rewrites tables; the README names the command that trains them (the whole recipe)
     command = args.command_line.replace(" --tables-only", "")
-    table = write_tables(study, selection_runs(study, chosen), command)
+    if args.rows:  # the tables are the whole recipe's: name the command without the row filter
+        words, kept, skipping = command.split(" "), [], False
+        for word in words:
+            skipping = word == "--rows" or (skipping and not word.startswith("--"))
+            kept += [] if skipping else [word]
+        command = " ".join(kept)
+    table = write_tables(full, selection_runs(full, chosen), command)
     print(table.to_markdown(index=False, floatfmt=".2f"))
     print(f"written: {study.out_dir}/comparison.md, comparison.csv, cells.csv, README.md and one folder per row")
     return 0
