@@ -81,7 +81,7 @@ def stage_choice_figure(table: pd.DataFrame) -> Figure:
     """One panel per dataset: each gated row's fine-tuned share per stage (bars), surgical fine-tuning's validation
     error per stage (line, right axis), and the stage validation chose for it (shaded)."""
     datasets = list(dict.fromkeys(table["dataset"]))
-    fig = Figure(figsize=(8, 3.2 * len(datasets)), layout="constrained")
+    fig = Figure(figsize=(10, 3.2 * len(datasets)), layout="constrained")
     for index, dataset in enumerate(datasets):
         part = table[table["dataset"] == dataset].reset_index(drop=True)
         ax = fig.add_subplot(len(datasets), 1, index + 1)
@@ -90,7 +90,7 @@ def stage_choice_figure(table: pd.DataFrame) -> Figure:
         for k, column in enumerate(shares):
             ax.bar(part.index + (k - (len(shares) - 1) / 2) * width, part[column], width, label=column[len("frac_finetuned_") :])
         for i in part.index[part["chosen"]]:
-            ax.axvspan(i - 0.45, i + 0.45, color="gold", alpha=0.3, label="surgical's choice")
+            ax.axvspan(i - 0.45, i + 0.45, color="gold", alpha=0.3, zorder=0, label="surgical's choice")
         ax.set_ylim(0, 1)
         ax.set_ylabel("fine-tuned share")
         ax.set_xticks(part.index, part["stage"], rotation=30, ha="right")
@@ -100,5 +100,5 @@ def stage_choice_figure(table: pd.DataFrame) -> Figure:
         errors.set_ylabel("surgical val error (%)")
         handles, labels = ax.get_legend_handles_labels()
         more, more_labels = errors.get_legend_handles_labels()
-        ax.legend(handles + more, labels + more_labels, fontsize=7, loc="upper left")
+        ax.legend(handles + more, labels + more_labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.12, 1.0))
     return fig
