@@ -46,6 +46,18 @@ def pruning_front(records: pd.DataFrame, reference: str) -> Optional[pd.DataFram
     return _paired_lines(records, reference, "compression", ["method", "target_compression", "compression"], FRONT_COLUMNS)
 
 
+def pruning_tables(records: pd.DataFrame, reference: Optional[str]) -> dict[str, Optional[pd.DataFrame]]:
+    """Every pruning table of a study's records: ``sparsity`` (:func:`stage_sparsity`), and with a reference row
+    ``structured`` (:func:`structured_table`) and ``front`` (:func:`pruning_front` of the other rows: channel rows
+    are not on the weight front); each None when the study has no such rows."""
+    tables = {"sparsity": stage_sparsity(records), "structured": None, "front": None}
+    if reference is None:
+        return tables
+    structured = structured_table(records, reference)
+    unstructured = records if structured is None else records[~records["row"].isin(structured["row"])]
+    return {**tables, "structured": structured, "front": pruning_front(unstructured, reference)}
+
+
 def structured_table(records: pd.DataFrame, reference: str) -> Optional[pd.DataFrame]:
     """One line per ``channel_pruning`` row's chosen cell and dataset: ``dataset, row`` and
     :data:`STRUCTURED_COLUMNS` (ratios are dense ÷ pruned, means over seeds: more than 1 is smaller or faster;

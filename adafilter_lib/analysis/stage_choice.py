@@ -14,26 +14,26 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from ..core.stages import HEAD_CONV, STEM, in_a_stage, stage_of
+from ..core.model import backbone_spec
+from ..core.stages import stages_in_order
+
+
+def _config(run_dir: str) -> dict:
+    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
 
 
 def _surgical_stage(run_dir: str) -> str:
-    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["method"]["surgical"]["stage"]
+    return _config(run_dir)["method"]["surgical"]["stage"]
 
 
 def _stage_usage(run_dirs: list[str]) -> pd.Series:
     """{stage: share of fine-tuned choices}: test gates (``gate_usage.csv``, all images), filters weighted equally
-    within a stage, then the mean over runs. Layers outside every stage are the stem or the head conv."""
+    within a stage, then the mean over runs. Stages as ``method.surgical.stage`` names them (``core.stages``)."""
     shares = []
     for run_dir in run_dirs:
         usage = pd.read_csv(Path(run_dir) / "gate_usage.csv")
-        usage = usage[usage["group"] == "all"].sort_values("layer_index").reset_index(drop=True)
-        inside = usage["layer"].map(in_a_stage)
-        first = inside.idxmax() if inside.any() else len(usage)  # the first staged layer: the stem comes before it
-        stages = [
-            stage_of(name) if staged else (STEM if i < first else HEAD_CONV)
-            for i, (name, staged) in enumerate(zip(usage["layer"], inside))
-        ]
+        usage = usage[usage["group"] == "all"].sort_values("layer_index")
+        stages = stages_in_order(list(usage["layer"]), backbone_spec(_config(run_dir)["model"]["backbone"]).stage_pattern)
         weighted = usage.assign(stage=stages, chosen=usage["frac_finetuned"] * usage["num_filters"])
         sums = weighted.groupby("stage", sort=False)[["chosen", "num_filters"]].sum()
         shares.append(sums["chosen"] / sums["num_filters"])

@@ -23,9 +23,18 @@ def stage_of(layer: str) -> str:
     return match.group(1) if match else layer.split(".")[0]
 
 
-def in_a_stage(layer: str) -> bool:
-    """Whether a layer (named inside ``model.features``) lies inside one of the backbone's stages."""
-    return _STAGE.match(layer) is not None
+def stages_in_order(layers: list[str], stage_pattern: str) -> list[str]:
+    """The stage of each layer, given in forward order (names inside ``model.features``): layers matching
+    ``stage_pattern`` (``BackboneSpec.stage_pattern``) are in their stage, those before the first of them in the
+    ``stem`` and those after in the ``head_conv``."""
+    stages, seen_stage = [], False
+    for name in layers:
+        if re.search(stage_pattern, name):
+            stages.append(stage_of(name))
+            seen_stage = True
+        else:
+            stages.append(HEAD_CONV if seen_stage else STEM)
+    return stages
 
 
 def module_stages(features: nn.Module, stage_pattern: str) -> dict[str, list[str]]:
@@ -40,14 +49,8 @@ def module_stages(features: nn.Module, stage_pattern: str) -> dict[str, list[str
         ``{"stem": [...], "blocks.0": [...], ..., "head_conv": [...]}``: module names inside ``features``; a backbone
         without a head conv (ResNet) has no ``head_conv`` entry.
     """
+    names = [n for n, m in features.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
     stages: dict[str, list[str]] = {}
-    seen_stage = False
-    for name, module in features.named_modules():
-        if not name or not any(True for _ in module.parameters(recurse=False)):
-            continue
-        if re.search(stage_pattern, name):
-            stage, seen_stage = stage_of(name), True
-        else:
-            stage = HEAD_CONV if seen_stage else STEM
+    for name, stage in zip(names, stages_in_order(names, stage_pattern)):
         stages.setdefault(stage, []).append(name)
     return stages

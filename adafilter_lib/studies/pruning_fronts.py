@@ -12,7 +12,7 @@ from typing import Optional
 
 import pandas as pd
 
-from ..analysis.pruning_front import pruning_front, stage_sparsity, structured_table
+from ..analysis.pruning_front import pruning_tables
 from ..pruning.sparse_file import SPARSE_BEST, sparse_round_trip
 from .demo import demo_config_path
 from .pruning_bench import SMOKE_OVERRIDES
@@ -40,9 +40,6 @@ def front_tables(study: Study) -> dict[str, Optional[pd.DataFrame]]:
     records = pd.DataFrame(selection_runs(study, chosen_so_far(study)))
     if records.empty:
         return dict.fromkeys(("records", "front", "structured", "sparsity", "exported"))
-    reference = study.reference or "finetune"
-    structured = structured_table(records, reference)
-    unstructured = records if structured is None else records[~records["row"].isin(structured["row"])]
     chosen = records[records["chosen"] & (records["status"] == "finished")]
     exported = [
         {"row": r.row, "seed": r.seed, **sparse_round_trip(r.run_dir)}
@@ -51,8 +48,6 @@ def front_tables(study: Study) -> dict[str, Optional[pd.DataFrame]]:
     ]
     return {
         "records": records,
-        "front": pruning_front(unstructured, reference),
-        "structured": structured,
-        "sparsity": stage_sparsity(records),
+        **pruning_tables(records, study.reference or "finetune"),
         "exported": pd.DataFrame(exported) if exported else None,
     }

@@ -133,24 +133,16 @@ def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFram
 def _write_front(frame: pd.DataFrame, reference: Optional[str], out: Path) -> None:
     """``front.csv`` and ``front.png`` when the study has unstructured pruning rows, ``structured.csv`` when it has
     ``channel_pruning`` rows (both paired with the reference row by seed)."""
-    from ..analysis.pruning_front import front_plot, pruning_front, stage_sparsity, structured_table
+    from ..analysis.pruning_front import front_plot, pruning_tables
     from ..analysis.viz import save_figure
 
-    sparsity = stage_sparsity(frame)
-    if sparsity is not None:
-        atomic_write_text(out / "sparsity_by_stage.csv", sparsity.to_csv(index=False, lineterminator="\n"))
-    if reference is None:
-        return
-    structured = structured_table(frame, reference)
-    if structured is not None:
-        atomic_write_text(out / "structured.csv", structured.to_csv(index=False, lineterminator="\n"))
-        frame = frame[~frame["row"].isin(structured["row"])]  # channel rows are not on the weight front
-    front = pruning_front(frame, reference)
-    if front is None:
-        return
-    atomic_write_text(out / "front.csv", front.to_csv(index=False, lineterminator="\n"))
-    chosen = frame[frame["chosen"] & (frame["row"] == reference)]
-    save_figure(front_plot(front, chosen.groupby("dataset")["top1_err"].mean().to_dict()), out / "front.png")
+    tables = pruning_tables(frame, reference)
+    for name, key in (("sparsity_by_stage.csv", "sparsity"), ("structured.csv", "structured"), ("front.csv", "front")):
+        if tables[key] is not None:
+            atomic_write_text(out / name, tables[key].to_csv(index=False, lineterminator="\n"))
+    if tables["front"] is not None:
+        chosen = frame[frame["chosen"] & (frame["row"] == reference)]
+        save_figure(front_plot(tables["front"], chosen.groupby("dataset")["top1_err"].mean().to_dict()), out / "front.png")
 
 
 def _write_stage_choice(frame: pd.DataFrame, selection_seeds: tuple[int, ...], out: Path) -> None:
