@@ -4,6 +4,7 @@ import copy
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -111,5 +112,39 @@ def test_sweep_of_a_finished_run_measures_validation_frequencies_and_starts_at_t
     assert main(["compact", "--run", str(cfg.run_dir()), "--thresholds", "0", "--out", str(out), "--no-progress"]) == 0
     assert out.read_text().startswith("threshold,extra_params_frac,top1_err")
     # with progress on and the run given as a string (as the CLI passes it): one line per threshold
-    assert main(["compact", "--run", str(cfg.run_dir()), "--thresholds", "0"]) == 0
-    assert f"[{cfg.run_dir().name}] threshold 0:" in capsys.readouterr().out
+    assert main(["compact", "--run", str(cfg.run_dir()), "--thresholds", "0", "0.5", "1.01"]) == 0
+    assert f"[{cfg.run_dir().name}] threshold 0.5:" in capsys.readouterr().out
+
+    # The sweep is a run record: without the weights the same thresholds come back from it, paired per run
+    recorded = pd.read_csv(cfg.run_dir() / "compaction.csv")
+    pd.testing.assert_frame_equal(recorded, table, check_dtype=False)
+    (cfg.run_dir() / "best.pt").unlink()
+    assert main(["compact", "--runs", cfg.runs_root, "--thresholds", "0", "0.5", "1.01", "--out", str(out)]) == 0
+    assert "threshold 0.5:" not in capsys.readouterr().out  # read, not swept
+    rebuilt = pd.read_csv(out)
+    assert rebuilt["run_dir"].nunique() == 1 and rebuilt["seed"].tolist() == [cfg.seed] * 3
+    pd.testing.assert_frame_equal(rebuilt[table.columns], table, check_dtype=False)
+    summary = pd.read_csv(tmp_path / "compaction_summary.csv")
+    assert summary["seeds"].tolist() == [1, 1, 1] and summary["change_se"].isna().all()
+    assert summary["top1_err_change"].tolist() == pytest.approx(table["top1_err_change"].tolist())
+    # other thresholds need the weights again: one line naming the missing file, nothing written
+    out.unlink()
+    assert main(["compact", "--runs", cfg.runs_root, "--thresholds", "0.3", "--out", str(out)]) != 0
+    assert "best.pt" in capsys.readouterr().err and not out.exists()
+
+
+def test_compaction_summary_pairs_each_run_with_itself_and_averages_over_seeds():
+    from adafilter_lib.pruning.compaction_records import compaction_summary
+
+    rows = []
+    for seed, (base, compacted) in enumerate([(10.0, 11.0), (12.0, 12.0), (8.0, 10.0)]):
+        for threshold, err in ((0.0, base), (0.5, compacted)):
+            rows.append(
+                dict(group="adafilter/lr0.01", dataset="d", seed=seed, threshold=threshold, top1_err=err,
+                     val_top1_err=err, extra_params_frac=1.0 - threshold, top1_err_change=err - base)
+            )  # fmt: skip
+    summary = compaction_summary(pd.DataFrame(rows)).set_index("threshold")
+    assert summary.loc[0.0, "top1_err_change"] == 0.0 and summary.loc[0.0, "change_se"] == 0.0
+    assert summary.loc[0.5, "seeds"] == 3 and summary.loc[0.5, "top1_err"] == pytest.approx(11.0)
+    assert summary.loc[0.5, "top1_err_change"] == pytest.approx(1.0)
+    assert summary.loc[0.5, "change_se"] == pytest.approx(np.std([1.0, 0.0, 2.0], ddof=1) / np.sqrt(3))

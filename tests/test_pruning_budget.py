@@ -263,7 +263,7 @@ def test_the_pruning_benchmark_reports_a_failed_run_and_goes_on(tmp_path, monkey
         raise RunFailed(f"run '{cfg.run_dir()}' failed: validation loss is not finite")
 
     monkeypatch.setattr(pruning_bench, "run_prune_after_finetune", fails)
-    summary, compaction = pruning_bench.run_pruning_bench(
+    bench = dict(
         runs_root=str(tmp_path / "runs"),
         out_dir=str(tmp_path / "out"),
         dataset="digits",
@@ -272,10 +272,19 @@ def test_the_pruning_benchmark_reports_a_failed_run_and_goes_on(tmp_path, monkey
         thresholds=[0.0, 1.01],
         progress=False,
     )
+    summary, compaction = pruning_bench.run_pruning_bench(**bench)
     assert "failed: run '" in capsys.readouterr().out
     assert list(summary["method"]) == ["finetune", "fine_pruning"]  # the failed run is left out, the rest is written
     assert set(compaction["variant"]) == {"adafilter", "adafilter_usage_penalty"}
     assert (tmp_path / "out" / "summary.csv").is_file() and (tmp_path / "out" / "front.png").is_file()
+    # A clone has the runs' records but no weights: the same tables come back from the records alone
+    weights = list((tmp_path / "runs").rglob("best.pt"))
+    assert len(weights) == 4  # finetune, fine_pruning and both AdaFilter runs
+    for path in weights:
+        path.unlink()
+    rebuilt_summary, rebuilt_compaction = pruning_bench.run_pruning_bench(**bench)
+    pd.testing.assert_frame_equal(rebuilt_summary, summary)
+    pd.testing.assert_frame_equal(rebuilt_compaction, compaction, check_dtype=False)
 
 
 def test_a_failing_trial_is_a_pruned_trial_and_a_round_where_every_trial_fails_fails_the_run(tiny_overrides, monkeypatch):

@@ -96,6 +96,18 @@ def counterfactual_errors(
     return pd.DataFrame(rows)
 
 
+def learned_gate_runs(runs_root: Union[str, Path]) -> list[dict]:
+    """The identity columns (``run_dir, method, dataset, backbone, seed``) of every finished AdaFilter run with
+    learned gates under ``runs_root``: fine-tuning, the other baselines and the fixed-gate ablations have no
+    selection to override or compact."""
+    found = []
+    for run in as_runs(runs_root)[ID_COLUMNS].to_dict("records"):
+        method = build_method(load_config(Path(run["run_dir"]) / runs.CONFIG))
+        if isinstance(method, AdaFilter) and method.options.gates == "learned":
+            found.append(run)
+    return found
+
+
 def counterfactual_table(
     runs_root: Union[str, Path], overrides: Sequence[str] = GATE_OVERRIDES, recalibrate: bool = False, progress: bool = False
 ) -> pd.DataFrame:
@@ -110,10 +122,7 @@ def counterfactual_table(
         KitError: no such run under ``runs_root``.
     """
     frames = []
-    for run in tqdm(as_runs(runs_root)[ID_COLUMNS].to_dict("records"), desc="runs", disable=not progress):
-        method = build_method(load_config(Path(run["run_dir"]) / runs.CONFIG))
-        if not isinstance(method, AdaFilter) or method.options.gates != "learned":
-            continue  # fine-tuning, other baselines and the fixed-gate ablations have nothing to override
+    for run in tqdm(learned_gate_runs(runs_root), desc="runs", disable=not progress):
         table = counterfactual_errors(run["run_dir"], overrides, recalibrate)
         frames.append(table.assign(**run)[ID_COLUMNS + list(table.columns)])
     if not frames:

@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   python -m adafilter_lib prune ... --set method.fine_pruning.sampler=tpe method.fine_pruning.splice=true
   python -m adafilter_lib prune ... --resume           # continue a killed study (finished trials are kept)
   python -m adafilter_lib compact --run runs/digits__adafilter__efficientnet_lite0__s0 --out results/compaction.csv
+  python -m adafilter_lib compact --runs results/uc_merced/full/runs --out results/uc_merced/full/compaction/compaction.csv
   python -m adafilter_lib prune-bench                  # the benchmark: results/pruning/summary.csv, compaction.csv
 """
 
@@ -53,26 +54,45 @@ def _cmd_prune(args) -> int:
 
 
 def _add_compact(sub) -> None:
-    p = sub.add_parser("compact", help="AdaFilter compaction sweep: extra parameters per task vs error, over thresholds")
-    p.add_argument("--run", required=True, help="a finished adafilter run directory")
+    p = sub.add_parser(
+        "compact",
+        help="AdaFilter compaction sweep: extra parameters per task vs error, over thresholds",
+        description="Sweep selection-frequency thresholds of finished AdaFilter runs. Each run's sweep is recorded in "
+        "its folder (compaction.csv) and read back when the same thresholds are asked for again, so a committed "
+        "study's table rebuilds without its weights.",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a finished adafilter run directory")
+    which.add_argument("--runs", dest="runs_root", help="every finished learned-gate adafilter run under this folder")
     p.add_argument("--thresholds", type=float, nargs="+", help="selection-frequency thresholds (default: 0 0.01 ... 1.01)")
-    p.add_argument("--out", help="write the table as CSV here (default: print only)")
+    p.add_argument(
+        "--out", help="write the table as CSV here (with --runs: one row per run and threshold, and <out>_summary.csv)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide per-threshold lines")
 
 
 def _cmd_compact(args) -> int:
-    from ..core.files import atomic_write_text
-    from ..pruning.compaction import DEFAULT_THRESHOLDS, compaction_sweep
+    from pathlib import Path
 
-    table = compaction_sweep(args.run, args.thresholds or DEFAULT_THRESHOLDS, progress=not args.no_progress)
-    print(
-        table[["threshold", "extra_params_frac", "top1_err", "val_top1_err", "top1_err_change"]].to_markdown(
-            index=False, floatfmt=".4g"
-        )
-    )
+    from ..core.files import atomic_write_text
+    from ..pruning.compaction import DEFAULT_THRESHOLDS
+    from ..pruning.compaction_records import compaction_over_runs, compaction_summary, recorded_compaction_sweep
+
+    thresholds, progress = args.thresholds or DEFAULT_THRESHOLDS, not args.no_progress
+    if args.run:
+        table = recorded_compaction_sweep(args.run, thresholds, progress=progress)
+        shown = table[["threshold", "extra_params_frac", "top1_err", "val_top1_err", "top1_err_change"]]
+    else:
+        table = compaction_over_runs(args.runs_root, thresholds, progress=progress)
+        shown = compaction_summary(table)
+    print(shown.to_markdown(index=False, floatfmt=".4g"))
     if args.out:
-        atomic_write_text(args.out, table.to_csv(index=False, lineterminator="\n"))
+        atomic_write_text(Path(args.out), table.to_csv(index=False, lineterminator="\n"))
         print(f"written: {args.out}")
+        if args.runs_root:
+            summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
+            atomic_write_text(summary_path, shown.to_csv(index=False, lineterminator="\n"))
+            print(f"written: {summary_path}")
     return 0
 
 

@@ -24,6 +24,7 @@ Files written to ``out_dir`` (all by this code, never by hand):
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,7 +38,7 @@ from ..core import files, runs
 from ..core.config import RunConfig
 from ..core.config_files import packaged_recipe
 from ..core.errors import KitError, RunFailed
-from ..pruning.compaction import compaction_sweep
+from ..pruning.compaction_records import recorded_compaction_sweep
 from ..pruning.pruned_state import compression_stats
 from ..pruning.runner import TRIALS_FILE, run_fine_pruning, run_prune_after_finetune
 from ..training.finished import load_finished_run
@@ -60,6 +61,7 @@ SMOKE_OVERRIDES: tuple[str, ...] = (
     *_RECIPE["smoke"],
 )
 USAGE_PENALTY: tuple[str, ...] = tuple(_RECIPE["usage_penalty"])
+DENSE_STATS_FILE = "compression.json"  # a dense run's counted zeros, recorded beside its summary
 
 
 def bench_config(runs_root: str, method: str, dataset: str, n_per_class: int, overrides: Sequence[str] = ()) -> RunConfig:
@@ -76,8 +78,17 @@ def path_epochs(cfg: RunConfig) -> int:
 
 
 def dense_stats(cfg: RunConfig) -> dict:
-    """Compression and nonzero counts of a finished dense run (from the actual zeros of ``best.pt``)."""
-    return compression_stats(load_finished_run(cfg.run_dir(), device="cpu").model)
+    """Compression and nonzero counts of a finished dense run, from the actual zeros of ``best.pt``: counted once
+    and recorded in the run's ``compression.json`` (committed records keep no weights), read from there after."""
+    record = cfg.run_dir() / DENSE_STATS_FILE
+    if record.is_file():
+        try:
+            return json.loads(record.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise KitError(f"damaged record '{record}' ({err}); delete it to count the zeros of best.pt again") from None
+    stats = compression_stats(load_finished_run(cfg.run_dir(), device="cpu").model)
+    files.atomic_write_json(record, stats)
+    return stats
 
 
 def summary_table(configs: dict[str, RunConfig]) -> pd.DataFrame:
@@ -164,7 +175,7 @@ def run_pruning_bench(
     sweeps = []
     for variant, cfg in variants.items():
         if _train_or_report(fit, cfg, progress):
-            sweeps.append(compaction_sweep(cfg.run_dir(), thresholds, progress=progress).assign(variant=variant))
+            sweeps.append(recorded_compaction_sweep(cfg.run_dir(), thresholds, progress=progress).assign(variant=variant))
     if not runs.is_finished(configs["finetune"].run_dir()) or not sweeps:
         raise KitError(
             f"the pruning benchmark needs a finished fine-tuning and AdaFilter run under '{main}'; see the failures above"
