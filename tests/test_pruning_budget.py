@@ -199,6 +199,8 @@ def test_pruning_rows_run_through_tune_and_their_front_is_paired_with_dense_by_s
     four = stages.loc["gradual_magnitude_4x"]  # one global threshold: stages differ, the weighted sum is 3/4
     assert (four["weights"] * four["sparsity"]).sum() / four["weights"].sum() == pytest.approx(0.75, abs=1e-4)
     assert four.loc["conv1", "sparsity"] == 0  # the stem is under min_layer_weights: never pruned
+    assert (four["seeds"] == 2).all() and (four["sparsity_min"] <= four["sparsity"]).all()  # the spread over seeds
+    assert (four["sparsity"] <= four["sparsity_max"]).all() and four.loc["conv1", "sparsity_max"] == 0
     structured = pd.read_csv(tmp_path / "out" / "structured.csv")  # channel rows: their own table, not the front
     assert list(structured["variant"]) == ["channel_pruning_2x"] and structured["macs_ratio"].iloc[0] == pytest.approx(
         2, rel=0.02

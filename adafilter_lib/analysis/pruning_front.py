@@ -145,8 +145,10 @@ def front_plot(front: pd.DataFrame, dense: dict[str, float]) -> Figure:
 
 def stage_sparsity(records: pd.DataFrame) -> Optional[pd.DataFrame]:
     """Per unstructured pruning row's chosen runs, the sparsity of every stage (from each run's ``sparsity.csv``:
-    actual zeros), averaged over seeds: ``dataset, row, stage, weights, sparsity``; None when no chosen run has
-    the file. Channel-pruned runs are left out: their stages are smaller, not sparse (``structured.csv``)."""
+    actual zeros) over seeds: ``dataset, row, stage, weights, sparsity`` (the mean), ``sparsity_min``,
+    ``sparsity_max`` and ``seeds``, so that a search's allocation can be seen to move (or not) from seed to seed;
+    None when no chosen run has the file. Channel-pruned runs are left out: their stages are smaller, not sparse
+    (``structured.csv``)."""
     from pathlib import Path
 
     frames = []
@@ -164,6 +166,10 @@ def stage_sparsity(records: pd.DataFrame) -> Optional[pd.DataFrame]:
         return None
     every = pd.concat(frames, ignore_index=True).assign(sparsity=lambda t: 1.0 - t["nonzero"] / t["weights"])
     grouped = every.groupby(["dataset", "row", "stage"], sort=False).agg(
-        weights=("weights", "first"), sparsity=("sparsity", "mean")
+        weights=("weights", "first"),
+        sparsity=("sparsity", "mean"),
+        sparsity_min=("sparsity", "min"),
+        sparsity_max=("sparsity", "max"),
+        seeds=("seed", "nunique"),
     )
     return grouped.reset_index()

@@ -15,7 +15,7 @@ Files under the study's ``out`` folder:
 ``front.csv/.png``     pruning studies only: each pruning row's test error at its achieved compression, paired by
                        seed with the reference (:mod:`adafilter_lib.analysis.pruning_front`)
 ``structured.csv``     channel-pruning rows: MACs, parameter and latency ratios (dense ÷ pruned), paired errors
-``sparsity_by_stage.csv`` pruning rows: each stage's sparsity in the chosen runs (mean over seeds)
+``sparsity_by_stage.csv`` pruning rows: each stage's sparsity in the chosen runs (mean, min and max over seeds)
 ``stage_choice.csv/.png`` with a ``surgical`` row: the stage validation chose beside each gated row's fine-tuned share
                        per stage (:mod:`adafilter_lib.analysis.stage_choice`)
 ``README.md``          the command, the recipe, the selection rule and the comparison table
