@@ -16,6 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from .results import standard_error
+
 FRONT_COLUMNS = ["method", "target_compression", "compression", "top1_err", "diff_vs_dense", "diff_se", "seeds"]
 STRUCTURED_COLUMNS = [
     "variant",
@@ -95,7 +97,7 @@ def _paired_lines(
         line.update(
             top1_err=group["top1_err"].mean(),
             diff_vs_dense=diffs.mean() if len(diffs) else math.nan,
-            diff_se=diffs.std(ddof=1) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan,
+            diff_se=standard_error(diffs),
             seeds=len(group),
         )
         lines.append(line)

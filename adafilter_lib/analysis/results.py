@@ -18,6 +18,7 @@ The Markdown and LaTeX rendering lives in :mod:`adafilter_lib.analysis.table_ren
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -30,6 +31,13 @@ from ..core.files import atomic_write_text
 from ..core.runs import CONFIG, PARTIAL_SUFFIX, SUMMARY
 from .cells import SETTINGS_COLUMN, label_settings, run_settings
 from .table_render import caption, latex_table, markdown_table, wide_table  # noqa: F401  (re-exported)
+
+
+def standard_error(values: pd.Series) -> float:
+    """Standard error of the mean of ``values`` (e.g. paired differences over seeds): sample standard deviation
+    over the square root of their number; NaN with fewer than two values, which have no spread to estimate."""
+    return values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+
 
 ID_COLUMNS = ["run_dir", "method", "dataset", "backbone", "seed", "n_per_class", SETTINGS_COLUMN]
 _HOW_TO_TRAIN = "train some first with `python -m adafilter_lib train ...`"

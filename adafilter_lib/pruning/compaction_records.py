@@ -14,7 +14,6 @@ runs root (a study's ``<row>/<cell>``).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.counterfactual import learned_gate_runs
+from ..analysis.results import standard_error
 from ..core import runs
 from ..core.errors import KitError
 from ..core.files import atomic_write_text
@@ -99,7 +99,7 @@ def compaction_summary(table: pd.DataFrame) -> pd.DataFrame:
                 "top1_err": cell["top1_err"].mean(),
                 "val_top1_err": cell["val_top1_err"].mean(),
                 "top1_err_change": change.mean(),
-                "change_se": change.std(ddof=1) / math.sqrt(len(change)) if len(change) > 1 else math.nan,
+                "change_se": standard_error(change),
             }
         )
     return pd.DataFrame(rows)

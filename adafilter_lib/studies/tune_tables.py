@@ -32,7 +32,7 @@ import pandas as pd
 from ..analysis.cells import label_settings
 from ..analysis.comparison_render import GATE_METRICS, comparison_markdown, validation_choice
 from ..analysis.records import runs_of
-from ..analysis.results import error_table, export_table, table_stem
+from ..analysis.results import error_table, export_table, standard_error, table_stem
 from ..core.errors import KitError
 from ..core.files import atomic_write_text
 from ..core.provenance import one_line
@@ -61,7 +61,7 @@ def comparison_table(records: pd.DataFrame, reference: Optional[str]) -> pd.Data
             line.update(
                 {
                     "diff_vs_reference": diffs.mean() if len(diffs) else math.nan,
-                    "diff_se": diffs.std(ddof=1) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan,
+                    "diff_se": standard_error(diffs),
                     "wins": f"{int((diffs < 0).sum())}/{len(diffs)}",
                 }
             )
