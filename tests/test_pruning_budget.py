@@ -273,15 +273,26 @@ def test_the_pruning_benchmark_reports_a_failed_run_and_goes_on(tmp_path, monkey
         overrides=[*pruning_bench.SMOKE_OVERRIDES, "optim.chance_loss_factor=0"],
         thresholds=[0.0, 1.01],
         progress=False,
+        seeds=[0, 1],
     )
     summary, compaction = pruning_bench.run_pruning_bench(**bench)
     assert "failed: run '" in capsys.readouterr().out
-    assert list(summary["method"]) == ["finetune", "fine_pruning"]  # the failed run is left out, the rest is written
-    assert set(compaction["variant"]) == {"adafilter", "adafilter_usage_penalty"}
-    assert (tmp_path / "out" / "summary.csv").is_file() and (tmp_path / "out" / "front.png").is_file()
+    # the failed runs are left out, the rest is written, per seed
+    assert list(zip(summary["seed"], summary["method"])) == [
+        (0, "finetune"),
+        (0, "fine_pruning"),
+        (1, "finetune"),
+        (1, "fine_pruning"),
+    ]
+    assert set(zip(compaction["seed"], compaction["variant"])) == {
+        (s, v) for s in (0, 1) for v in ("adafilter", "adafilter_usage_penalty")
+    }
+    assert {p.name for p in (tmp_path / "out").glob("front*.png")} == {"front_seed0.png", "front_seed1.png"}
+    comparison = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    assert set(comparison["seeds"]) == {2}  # both seeds paired
     # A clone has the runs' records but no weights: the same tables come back from the records alone
     weights = list((tmp_path / "runs").rglob("best.pt"))
-    assert len(weights) == 4  # finetune, fine_pruning and both AdaFilter runs
+    assert len(weights) == 8  # per seed: finetune, fine_pruning and both AdaFilter runs
     for path in weights:
         path.unlink()
     rebuilt_summary, rebuilt_compaction = pruning_bench.run_pruning_bench(**bench)
@@ -359,3 +370,12 @@ def test_fine_pruning_with_the_global_allocation_runs_no_trial_and_reaches_the_b
     assert summary["compression"] == pytest.approx(4, rel=2e-3)
     with pytest.raises(KitError, match="target_compression"):
         load_config(None, ["method.name=fine_pruning", "method.fine_pruning.allocation=global"])
+
+
+def test_the_pruning_benchmark_takes_its_seeds_from_seeds_not_from_set(tmp_path):
+    from adafilter_lib.core.errors import KitError
+    from adafilter_lib.studies import pruning_bench
+
+    with pytest.raises(KitError, match="--seeds"):
+        pruning_bench.run_pruning_bench(str(tmp_path / "runs"), str(tmp_path / "out"), "digits", 4, overrides=["seed=1"])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()  # refused before anything is written

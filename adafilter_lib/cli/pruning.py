@@ -20,7 +20,7 @@ EXAMPLES = """examples:
   python -m adafilter_lib prune ... --resume           # continue a killed study (finished trials are kept)
   python -m adafilter_lib compact --run runs/digits__adafilter__efficientnet_lite0__s0 --out results/compaction.csv
   python -m adafilter_lib compact --runs results/uc_merced/full/runs --out results/uc_merced/full/compaction/compaction.csv
-  python -m adafilter_lib prune-bench                  # the benchmark: results/pruning/summary.csv, compaction.csv
+  python -m adafilter_lib prune-bench                  # the benchmark, seeds 0-2: results/pruning/summary.csv, ...
 """
 
 
@@ -102,6 +102,7 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("--dataset", default="mnist5k", help="offline dataset (default: mnist5k)")
     p.add_argument("--n-per-class", type=int, default=20, help="labelled images per class (default: 20)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds, paired in the comparison (default: 0 1 2)")
     p.add_argument("--runs", dest="runs_root", default="runs/pruning", help="run directories (default: runs/pruning)")
     p.add_argument("--out", default="results/pruning", help="result folder (default: results/pruning)")
     add_set_option(p, "config overrides for every run")
@@ -112,10 +113,16 @@ def _cmd_bench(args) -> int:
     from ..studies.pruning_bench import run_pruning_bench
 
     summary, _ = run_pruning_bench(
-        args.runs_root, args.out, args.dataset, args.n_per_class, overrides=args.set, progress=not args.no_progress
+        args.runs_root,
+        args.out,
+        args.dataset,
+        args.n_per_class,
+        overrides=args.set,
+        progress=not args.no_progress,
+        seeds=args.seeds,
     )
     print(summary.to_markdown(index=False, floatfmt=".4g"))
-    print(f"written: {args.out}/summary.csv, compaction.csv, error_table.*, front.png, README.md")
+    print(f"written: {args.out}/summary.csv, compaction.csv, error_table.*, comparison.*, front_seed*.png, README.md")
     return 0
 
 
