@@ -116,6 +116,8 @@ def test_sweep_of_a_finished_run_measures_validation_frequencies_and_starts_at_t
     assert f"[{cfg.run_dir().name}] threshold 0.5:" in capsys.readouterr().out
 
     # The sweep is a run record: without the weights the same thresholds come back from it, paired per run
+    from adafilter_lib.pruning.compaction_records import recorded_compaction_sweep
+
     recorded = pd.read_csv(cfg.run_dir() / "compaction.csv")
     pd.testing.assert_frame_equal(recorded, table, check_dtype=False)
     (cfg.run_dir() / "best.pt").unlink()
@@ -127,6 +129,9 @@ def test_sweep_of_a_finished_run_measures_validation_frequencies_and_starts_at_t
     summary = pd.read_csv(tmp_path / "compaction_summary.csv")
     assert summary["seeds"].tolist() == [1, 1, 1] and summary["change_se"].isna().all()
     assert summary["top1_err_change"].tolist() == pytest.approx(table["top1_err_change"].tolist())
+    # a subset of the recorded thresholds is read from the record too (rows as the sweep gave them)
+    subset = recorded_compaction_sweep(cfg.run_dir(), [1.01, 0.0], progress=False)
+    pd.testing.assert_frame_equal(subset, table.iloc[[0, 2]].reset_index(drop=True), check_dtype=False)
     # other thresholds need the weights again: one line naming the missing file, nothing written
     out.unlink()
     assert main(["compact", "--runs", cfg.runs_root, "--thresholds", "0.3", "--out", str(out)]) != 0

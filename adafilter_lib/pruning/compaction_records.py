@@ -33,8 +33,9 @@ COMPACTION_FILE = "compaction.csv"
 def recorded_compaction_sweep(
     run_dir: Union[str, Path], thresholds: Sequence[float] = DEFAULT_THRESHOLDS, progress: bool = True
 ) -> pd.DataFrame:
-    """The run's compaction sweep: read from its ``compaction.csv`` record when that holds exactly ``thresholds``,
-    else swept (needs ``best.pt``) and recorded there.
+    """The run's compaction sweep: read from its ``compaction.csv`` record when that holds every threshold asked for
+    (a study may sweep some of its runs more finely), else swept (needs ``best.pt``) and recorded there, together
+    with the thresholds the record held.
 
     Returns:
         The :func:`~adafilter_lib.pruning.compaction.compaction_sweep` table, one row per threshold.
@@ -45,16 +46,20 @@ def recorded_compaction_sweep(
     if not runs.is_finished(run_dir):
         raise KitError(f"'{run_dir}' is not a finished run; train it first, then sweep its compaction thresholds")
     record = run_dir / COMPACTION_FILE
+    wanted = np.sort(np.asarray(thresholds, dtype=float))
+    held = np.empty(0)
     if record.is_file():
         try:
             table = pd.read_csv(record)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise KitError(f"damaged compaction record '{record}' ({err}); delete it to sweep again") from None
-        if "threshold" in table.columns and np.array_equal(np.sort(table["threshold"].to_numpy()), np.sort(thresholds)):
-            return table
-    table = compaction_sweep(run_dir, thresholds, progress=progress)
+        if "threshold" in table.columns:
+            held = table["threshold"].to_numpy(dtype=float)
+            if np.isin(wanted, held).all():
+                return table[np.isin(held, wanted)].sort_values("threshold").reset_index(drop=True)
+    table = compaction_sweep(run_dir, np.union1d(wanted, held).tolist(), progress=progress)
     atomic_write_text(record, table.to_csv(index=False, lineterminator="\n"))
-    return table
+    return table[table["threshold"].isin(wanted)].reset_index(drop=True)
 
 
 def compaction_over_runs(
