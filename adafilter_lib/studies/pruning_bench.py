@@ -132,7 +132,7 @@ their own times are `train_seconds` in their `summary.json`).
 
 - `summary.csv`: `seed`, `method`, `top1_err` (test top-1 error, %), `compression` (backbone conv/linear weights ÷
   nonzero ones, from actual zeros), `nonzero_params` (nonzero entries of all parameters, head included),
-  `val_top1_err`, `sparsity`, `total_params`, `accuracy_loss` (top1_err minus fine-tuning's, points).
+  `val_top1_err`, `sparsity`, `total_params`, `accuracy_loss` (top1_err minus that seed's fine-tuning's, points).
 - `compaction.csv`: `seed`, `variant` (`adafilter`, or `adafilter_usage_penalty` with {", ".join(USAGE_PENALTY)}),
   `threshold` (filters selected for fewer than this fraction of validation images are dropped),
   `extra_params_frac` (task-specific parameters ÷ backbone parameters: kept fine-tuned filters with their BN,
