@@ -27,6 +27,9 @@ TINY = [
 ]
 
 
+DROP = object()  # a recipe change that removes the key
+
+
 def _recipe(tmp_path, **changes) -> str:
     spec = {
         "set": TINY,
@@ -46,6 +49,7 @@ def _recipe(tmp_path, **changes) -> str:
         },
     }
     spec.update(changes)
+    spec = {key: value for key, value in spec.items() if value is not DROP}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
@@ -81,7 +85,8 @@ def test_choice_never_prefers_a_failed_cell_or_a_nan_loss():
             {"datasets": {"digits": {"n_per_clas": 5}}},
             "unknown key 'n_per_clas' in 'datasets.digits' (did you mean 'n_per_class'?)",
         ),
-        ({"seed": [0]}, "unknown key 'seed' in 'the file' (did you mean 'seeds'?)"),
+        ({"seed": [0]}, "unknown key 'seed' in the recipe's top level (did you mean 'seeds'?)"),
+        ({"datasets": DROP}, "the recipe's top level has no 'datasets' key; add it"),
         ({"rows": ["finetune"]}, "'rows' must be a non-empty mapping"),
         ({"rows": {"finetune": {"grid": {"optim.lr": 0.01}}}}, "'rows.finetune.grid.optim.lr' must be a non-empty list"),
         ({"seeds": "abc"}, "'seeds' must be a list of whole numbers"),

@@ -116,7 +116,7 @@ def load_study(path: str | Path) -> Study:
 
 def _study_from_spec(spec, path: Path) -> Study:
     """The :class:`Study` of a parsed recipe, every key and type checked (no config is built yet)."""
-    _mapping(spec, "the file", RECIPE_KEYS, required=("datasets", "rows"))
+    _mapping(spec, "", RECIPE_KEYS, required=("datasets", "rows"))
     rows = []
     for name, row in _mapping(spec["rows"], "rows", nonempty=True).items():
         row = _mapping(row or {}, f"rows.{name}", ROW_KEYS)
@@ -171,15 +171,17 @@ def _study_from_spec(spec, path: Path) -> Study:
 
 
 def _mapping(value, key: str, allowed: Sequence[str] = (), required: Sequence[str] = (), nonempty: bool = False) -> dict:
-    """``value`` if it is a mapping whose keys are all ``allowed`` (when given) and hold ``required``."""
+    """``value`` if it is a mapping whose keys are all ``allowed`` (when given) and hold ``required``
+    (``key`` "": the recipe's top level)."""
+    label = f"'{key}'" if key else "the recipe's top level"
     if not isinstance(value, dict) or (nonempty and not value):
-        raise KitError(f"'{key}' must be a {'non-empty ' if nonempty else ''}mapping of names, got {value!r}")
+        raise KitError(f"{label} must be a {'non-empty ' if nonempty else ''}mapping of names, got {value!r}")
     for name in value:
         if allowed and name not in allowed:
-            raise KitError(f"unknown key '{name}' in '{key}'{did_you_mean(str(name), allowed)}; valid keys: {', '.join(allowed)}")
+            raise KitError(f"unknown key '{name}' in {label}{did_you_mean(str(name), allowed)}; valid keys: {', '.join(allowed)}")
     for name in required:
         if name not in value:
-            raise KitError(f"'{key}' has no '{name}' (keys: {', '.join(allowed)})")
+            raise KitError(f"{label} has no '{name}' key; add it (keys: {', '.join(allowed)})")
     return value
 
 
