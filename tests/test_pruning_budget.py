@@ -195,6 +195,7 @@ def test_pruning_rows_run_through_tune_and_their_front_is_paired_with_dense_by_s
     assert front["diff_vs_dense"].iloc[1] == pytest.approx(sum(diffs) / 2)
     assert front["diff_se"].iloc[1] == pytest.approx(abs(diffs[0] - diffs[1]) / 2)  # SE of two paired differences
     assert (tmp_path / "out" / "front.png").stat().st_size > 0
+    assert "| digits | gradual_magnitude |" in (tmp_path / "out" / "front.md").read_text()
     stages = pd.read_csv(tmp_path / "out" / "sparsity_by_stage.csv").set_index(["row", "stage"])
     four = stages.loc["gradual_magnitude_4x"]  # one global threshold: stages differ, the weighted sum is 3/4
     assert (four["weights"] * four["sparsity"]).sum() / four["weights"].sum() == pytest.approx(0.75, abs=1e-4)
@@ -379,3 +380,26 @@ def test_the_pruning_benchmark_takes_its_seeds_from_seeds_not_from_set(tmp_path)
     with pytest.raises(KitError, match="--seeds"):
         pruning_bench.run_pruning_bench(str(tmp_path / "runs"), str(tmp_path / "out"), "digits", 4, overrides=["seed=1"])
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_front_markdown_lays_targets_by_row_family_with_the_searched_point_last():
+    from adafilter_lib.analysis.pruning_front import FRONT_COLUMNS, front_markdown
+
+    nan = math.nan
+    front = pd.DataFrame(
+        [  # dataset, row, method, target, achieved compression, error, diff, SE, seeds
+            ["uc", "fine_pruning_8x", "fine_pruning", 8.0, 8.0, 40.0, 16.11, 0.57, 3],
+            ["uc", "fine_pruning_2x", "fine_pruning", 2.0, 2.0, 30.0, 0.4, 1.41, 3],
+            ["uc", "gradual_magnitude_2x", "gradual_magnitude", 2.0, 2.0, 28.0, -0.24, 0.84, 3],
+            ["uc", "fine_pruning_global_8x", "fine_pruning", 8.0, 8.0, 50.0, 22.22, 2.27, 3],
+            ["uc", "fine_pruning", "fine_pruning", nan, 2.82, 30.0, 2.22, nan, 1],
+        ],
+        columns=["dataset", "row", *FRONT_COLUMNS],
+    )
+    lines = front_markdown(front).splitlines()
+    table = lines[lines.index("| uc | fine_pruning | gradual_magnitude | fine_pruning_global |") :]
+    assert table[2:] == [
+        "| 2x | +0.40 ± 1.41 | −0.24 ± 0.84 |  |",
+        "| 8x | +16.11 ± 0.57 |  | +22.22 ± 2.27 |",
+        "| searched | +2.22 (2.82x) |  |  |",
+    ]

@@ -10,6 +10,7 @@ the point Fine-Pruning's search chooses itself (``target_compression`` empty). S
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional
 
 import pandas as pd
@@ -102,6 +103,41 @@ def _paired_lines(
         )
         lines.append(line)
     return pd.DataFrame(lines).reindex(columns=["dataset", "row", *[c for c in columns if c != "variant"]])
+
+
+def front_markdown(front: pd.DataFrame) -> str:
+    """The front as the README quotes it (``front.md``): per dataset, one line per target compression and a last
+    line for the points a search chose itself, one column per family of rows (the row's name without its target:
+    ``fine_pruning_4x`` and ``fine_pruning_8x`` are ``fine_pruning``, ``fine_pruning_global_4x`` is
+    ``fine_pruning_global``), each cell the points above dense ``± SE`` of the paired differences (the seeds' mean
+    achieved compression beside a searched point).
+
+    Args:
+        front: :func:`pruning_front` output.
+    """
+    blocks = []
+    for dataset, part in front.groupby("dataset", sort=False):
+        cells: dict[tuple[str, str], str] = {}
+        for line in part.itertuples():
+            target = line.target_compression
+            searched = target is None or (isinstance(target, float) and math.isnan(target))
+            family = line.row if searched else re.sub(rf"_{float(target):g}x(?=_|$)", "", line.row)
+            key = "searched" if searched else f"{float(target):g}x"
+            text = _signed(line.diff_vs_dense) + ("" if pd.isna(line.diff_se) else f" ± {line.diff_se:.2f}")
+            cells[(key, family)] = text + (f" ({line.compression:.2f}x)" if searched else "")
+        families = list(dict.fromkeys(family for _, family in cells))
+        targets = sorted({key for key, _ in cells if key != "searched"}, key=lambda key: float(key[:-1]))
+        keys = targets + (["searched"] if any(key == "searched" for key, _ in cells) else [])
+        header = f"| {dataset} | " + " | ".join(families) + " |\n|---|" + "---|" * len(families) + "\n"
+        body = "".join(f"| {key} | " + " | ".join(cells.get((key, f), "") for f in families) + " |\n" for key in keys)
+        blocks.append(header + body)
+    note = "Test error in points above dense fine-tuning, ± the SE of the paired differences over seeds.\n\n"
+    return note + "\n".join(blocks)
+
+
+def _signed(points: float) -> str:
+    """``+1.23`` / ``−0.24`` (a typographic minus, as in the docs' tables)."""
+    return f"{points:+.2f}".replace("-", "−")
 
 
 def front_plot(front: pd.DataFrame, dense: dict[str, float]) -> Figure:

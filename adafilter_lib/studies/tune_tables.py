@@ -12,7 +12,7 @@ Files under the study's ``out`` folder:
                        ``comparison.md`` ends with validation's choice over all rows (:func:`validation_choice`)
 ``<row>/``             the ``table --metric`` files of the chosen runs: ``error_table``, ``val_top1_err_table``
                        and, for AdaFilter rows, ``test_frac_finetuned_table`` and ``test_frac_adaptive_filters_table``
-``front.csv/.png``     pruning studies only: each pruning row's test error at its achieved compression, paired by
+``front.csv/.md/.png`` pruning studies only: each pruning row's test error at its achieved compression, paired by
                        seed with the reference (:mod:`adafilter_lib.analysis.pruning_front`)
 ``structured.csv``     channel-pruning rows: MACs, parameter and latency ratios (dense ÷ pruned), paired errors
 ``sparsity_by_stage.csv`` pruning rows: each stage's sparsity in the chosen runs (mean, min and max over seeds)
@@ -133,7 +133,7 @@ def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFram
 def _write_front(frame: pd.DataFrame, reference: Optional[str], out: Path) -> None:
     """``front.csv`` and ``front.png`` when the study has unstructured pruning rows, ``structured.csv`` when it has
     ``channel_pruning`` rows (both paired with the reference row by seed)."""
-    from ..analysis.pruning_front import front_plot, pruning_tables
+    from ..analysis.pruning_front import front_markdown, front_plot, pruning_tables
     from ..analysis.viz import save_figure
 
     tables = pruning_tables(frame, reference)
@@ -141,6 +141,7 @@ def _write_front(frame: pd.DataFrame, reference: Optional[str], out: Path) -> No
         if tables[key] is not None:
             atomic_write_text(out / name, tables[key].to_csv(index=False, lineterminator="\n"))
     if tables["front"] is not None:
+        atomic_write_text(out / "front.md", front_markdown(tables["front"]))
         chosen = frame[frame["chosen"] & (frame["row"] == reference)]
         save_figure(front_plot(tables["front"], chosen.groupby("dataset")["top1_err"].mean().to_dict()), out / "front.png")
 
