@@ -38,3 +38,20 @@ def test_every_tune_command_in_the_docs_names_a_recipe_that_exists():
     named = {m for path in texts for m in re.findall(r"adafilter_lib tune (studies/[\w/.-]+)", path.read_text())}
     assert "studies/uc_merced_few" in named
     assert [n for n in sorted(named) if not resolve_config(n).is_file()] == []
+
+
+QUOTE = re.compile(r"<!-- (results/\S+), written by the tune command; copied here unchanged -->\n((?:\|.*\n)+)")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/FINDINGS.md", "docs/PRUNING.md"])
+def test_tables_quoted_from_results_are_their_lines_unchanged(doc):
+    """A table under a 'copied here unchanged' marker is lines of the named file, in its order: a number in the docs
+    can only change by regenerating the results and copying again, never by hand."""
+    text = (RESULTS.parent / doc).read_text()
+    quotes = QUOTE.findall(text)
+    assert doc != "README.md" or len(quotes) >= 2, "the README quotes its headline and pruning tables"
+    for path, table in quotes:
+        source = (RESULTS.parent / path).read_text().splitlines()
+        positions = [source.index(line) if line in source else -1 for line in table.splitlines()]
+        assert -1 not in positions, f"{doc} quotes a line that {path} does not hold: {table.splitlines()[positions.index(-1)]}"
+        assert positions == sorted(positions), f"{doc} reorders the lines of {path}"
