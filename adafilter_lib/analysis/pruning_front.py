@@ -120,7 +120,7 @@ def front_markdown(front: pd.DataFrame) -> str:
         cells: dict[tuple[str, str], str] = {}
         for line in part.itertuples():
             target = line.target_compression
-            searched = target is None or (isinstance(target, float) and math.isnan(target))
+            searched = pd.isna(target)
             family = line.row if searched else re.sub(rf"_{float(target):g}x(?=_|$)", "", line.row)
             key = "searched" if searched else f"{float(target):g}x"
             text = _signed(line.diff_vs_dense) + ("" if pd.isna(line.diff_se) else f" ± {line.diff_se:.2f}")

@@ -131,7 +131,7 @@ def write_tables(study: Study, records: list[dict], command: str) -> pd.DataFram
 
 
 def _write_front(frame: pd.DataFrame, reference: Optional[str], out: Path) -> None:
-    """``front.csv`` and ``front.png`` when the study has unstructured pruning rows, ``structured.csv`` when it has
+    """``front.csv``, ``front.md`` and ``front.png`` when the study has unstructured pruning rows, ``structured.csv`` when it has
     ``channel_pruning`` rows (both paired with the reference row by seed)."""
     from ..analysis.pruning_front import front_markdown, front_plot, pruning_tables
     from ..analysis.viz import save_figure
